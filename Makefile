@@ -1,0 +1,26 @@
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(STAMP)
+
+test: venv
+	$(PY) -m pytest -q tests
+
+demo: venv
+	$(PY) experiments/demo.py
+
+bench: venv
+	$(PY) experiments/bench_analytic.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info
