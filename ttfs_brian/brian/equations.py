@@ -1,0 +1,159 @@
+"""Every Brian2 equation string of the backend, in one place, to be read against SPEC sections 3-4.
+
+Units: Brian2 time in ms (``t``, ``dt``, spike times, window edges), membrane potential ``v``
+dimensionless and measured in "value" units, so that ``tau_c`` converts one into the other:
+``dv/dt = rate / tau_c`` with ``rate`` the slope of SPEC section 3 (``alpha + sum_j J_ij H(t - t_j)``).
+
+**One neuron model for every integrating layer.** Hidden layers of both variants and the output
+layer are all instances of
+
+    dv/dt = ((alpha + I) * f_in + beta * f_late) / tau_c
+
+with ``I`` the summed weights of the inputs that have arrived (each synapse adds its weight once),
+and two gates, ``f_in`` (on during ``[t_on, t_off]``) and ``f_late`` (on from ``t_late``):
+
+=====================  =========  ==========================  ======================  ============
+layer                  ``alpha``  ``[t_on, t_off]``           ``beta``                ``t_late``
+=====================  =========  ==========================  ======================  ============
+exact, hidden (SPEC 3) 1          ``[t_min(p), inf)``          J summed over padding   ``t_min(n)``
+sparse, hidden (SPEC 4) 0         ``[t_min(p), t_min(n)]``     1 (constant drive)      ``t_min(n)``
+exact, output          drive      ``[t_min(p), t_min(out)]``   0                       --
+sparse, output         0          ``[t_min(p), t_min(out)]``   0                       --
+=====================  =========  ==========================  ======================  ============
+
+(``p`` is the layer's input layer, ``n`` the layer itself.) The padding row is SPEC's rule that a
+zero-padded input spikes at ``t_max(p) = t_min(n)``; starting ``f_in`` at ``t_min(p)`` is the rule
+that integration starts at the input layer's ``t_min`` (an input spike before it acts from
+``t_min(p)`` on, i.e. its value is clamped to ``B_in``); stopping the output's ``f_in`` at
+``t_min(out)`` freezes ``v`` at the readout time, so the logits are simply ``v`` at the end of the
+run, however late the last (zero-effect) spikes are delivered.
+
+**Exact Euler steps.** A gate is the fraction of the step ``[t, t + dt]`` that lies inside its
+interval, ``(clip(t + dt, a, b) - clip(t, a, b)) / dt``, so the Euler step ``v += dt * dv/dt``
+adds exactly ``integral rate dt`` of the piecewise-constant rate, wherever the window edges lie
+relative to the grid.
+
+**Precise spike times** (SPEC section 6, ``timing="precise"``). Brian2 tests the threshold after
+the state update, on ``v(t + dt)``, and the rate has been constant since the last input or gate
+edge, so the crossing is ``t_cross = t + dt - tau_c (v - theta) / rate``. Synapses run after
+the resets (``when="after_resets"``) and read the presynaptic ``t_spike`` set by the reset; they
+add ``w`` to ``I_post`` and add to ``v_post`` what ``w`` would have contributed between the
+spike and the end of the step, ``w * |[t_spike, t + dt] & [t_on, t_off]| / tau_c``, so ``v`` is
+exact at every step end again. A crossing that the correction itself causes is caught one step
+later; the back-extrapolation still lands on the exact time (hence the lower clip ``t - dt``).
+
+**Grid spike times** (``timing="grid"``): plain Brian2. The same model without the sub-step
+correction; a spike is stamped with the step start ``t`` and acts from the next step on, so the
+error grows by up to one ``dt`` per layer.
+
+Symbols shared with the simulator, all in the groups' namespaces: ``tau_c``, ``t_on``, ``t_off``,
+``t_late``, ``t_fire`` (earliest allowed firing), ``t_max``, ``tol`` (a fraction of ``dt`` used only
+to compare times that are equal in exact arithmetic) and ``t_never`` (a finite "infinity").
+"""
+from __future__ import annotations
+
+TIMINGS = ("precise", "grid")
+
+TOL = 1e-6
+"""Fraction of ``dt`` by which two times that are equal in exact arithmetic may differ after rounding."""
+
+NEVER_MS = 1e9
+"""A time (ms) later than any simulation: the spike time of a silent input, an unset pool time."""
+
+
+def _gate(start: str, stop: str) -> str:
+    """Fraction of the step ``[t, t + dt]`` inside ``[start, stop]``."""
+    return f"(clip(t + dt, {start}, {stop}) - clip(t, {start}, {stop})) / dt"
+
+
+# ----------------------------------------------------------------------------- integrating neurons
+INTEGRATOR_MODEL = f"""
+dv/dt = ((alpha + I) * f_in + beta * f_late) / tau_c : 1
+f_in = {_gate('t_on', 't_off')} : 1
+f_late = {_gate('t_late', 't_never')} : 1
+rate = (alpha + I) * int(t + dt - tol * dt > t_on) * int(t + dt - tol * dt < t_off) + beta * int(t + dt - tol * dt > t_late) : 1
+t_cross = t + dt - tau_c * (v - theta) / clip(rate, 1e-12, 1e300) : second
+I : 1
+alpha : 1 (constant)
+beta : 1 (constant)
+theta : 1 (constant)
+t_spike : second
+t_raw : second
+spiked : boolean
+"""
+"""``rate`` is the slope of ``v`` (per tau_c) at the end of the step, with the gates evaluated just
+before ``t + dt``; ``t_cross`` is where the line through ``v(t + dt)`` with that slope meets ``theta``
+(the floor on ``rate`` only keeps a degenerate, non-rising neuron from dividing by zero)."""
+
+OUTPUT_MODEL = f"""
+dv/dt = (alpha + I) * f_in / tau_c : 1
+f_in = {_gate('t_on', 't_off')} : 1
+I : 1
+alpha : 1 (constant)
+"""
+"""The output layer: no threshold; ``v`` stops at ``t_off = t_min(out)`` and is the logit
+(plus ``bias`` in ``sparse``, added when reading out)."""
+
+#: variant ``exact`` (SPEC 3): first crossing after the gate opens, or a forced spike at ``t_max``.
+EXACT_THRESHOLD = "not spiked and t > t_fire - 0.5 * dt and (v >= theta or t + dt >= t_max - tol * dt)"
+
+#: variant ``sparse`` (SPEC 4): only a crossing inside ``[t_min(n), t_max(n))``; silence otherwise.
+SPARSE_THRESHOLD = {
+    "precise": "not spiked and t > t_fire - 0.5 * dt and v >= theta and t_cross < t_max - tol * dt",
+    "grid": "not spiked and t > t_fire - 0.5 * dt and v >= theta and t < t_max - 0.5 * dt",
+}
+
+INTEGRATOR_RESET = {
+    # Clip: not before the gate (SPEC 3's V(t_min(p)) = 0 start; sparse's firing window) nor before the
+    # previous step (see module docstring), not after t_max (the forced spike of ``exact``).
+    "precise": "t_spike = clip(t_cross, clip(t - dt, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True",
+    "grid": "t_spike = t\nt_raw = t_cross\nspiked = True",
+}
+
+# ----------------------------------------------------------------------------- input layer
+INPUT_MODEL = """
+t_in : second (constant)
+t_spike : second
+spiked : boolean
+"""
+"""``t_in`` is the spike time of an input neuron, ``t_max(0) - u * tau_c``; it is the only variable
+that changes from batch to batch (through ``run_args`` in standalone mode, no recompilation)."""
+
+INPUT_THRESHOLD = "not spiked and t + dt >= t_in"
+INPUT_RESET = {"precise": "t_spike = t_in\nspiked = True", "grid": "t_spike = t\nspiked = True"}
+
+# ----------------------------------------------------------------------------- max pool
+POOL_MODEL = """
+n_in : 1
+need : 1 (constant)
+sign : 1 (constant)
+t_first : second
+t_last : second
+t_spike : second
+spiked : boolean
+"""
+"""``n_in`` counts the pool inputs that have spiked, ``t_first``/``t_last`` are their earliest and
+latest spike times; ``need`` is 1 for a max pool (``sign = +1``: fire with the first input) and
+the number of valid inputs of the window for a min pool (``sign = -1``: fire with the last)."""
+
+POOL_THRESHOLD = "not spiked and n_in >= need"
+POOL_RESET = {
+    "precise": "t_spike = t_first * int(sign > 0) + t_last * int(sign < 0)\nspiked = True",
+    "grid": "t_spike = t\nspiked = True",
+}
+
+# ----------------------------------------------------------------------------- synapses
+SYNAPSE_MODEL = "w : 1 (constant)"
+
+ON_PRE_INTEGRATOR = {
+    # I_post += w: the slope from the next step on; v_post += ...: the part of the current step
+    # after the spike, inside the target's input gate [t_on, t_off] (the target's constants).
+    "precise": "I_post += w\nv_post += w * (clip(t + dt, t_on, t_off) - clip(t_spike_pre, t_on, t_off)) / tau_c",
+    "grid": "I_post += w",
+}
+
+ON_PRE_POOL = (
+    "n_in_post += 1\n"
+    "t_first_post = clip(t_spike_pre, -t_never, t_first_post)\n"  # min(t_first, t_spike)
+    "t_last_post = clip(t_spike_pre, t_last_post, t_never)"  # max(t_last, t_spike)
+)

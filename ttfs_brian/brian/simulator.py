@@ -1,0 +1,477 @@
+"""Run a :class:`~ttfs_brian.network.TTFSNetwork` in Brian2: runtime, C++ standalone or brian2cuda.
+
+Network layout (one compiled network serves any number of batches):
+
+- the input layer is a ``NeuronGroup`` whose neurons fire at their own ``t_in`` (a state
+  variable; standalone runs take new values through ``run_args`` without recompiling, which a
+  ``SpikeGeneratorGroup`` cannot do);
+- every hidden layer and the output layer is a ``NeuronGroup`` of the one integrating model of
+  :mod:`ttfs_brian.brian.equations` (parameters per variant and role listed there);
+- every max pool is a ``NeuronGroup`` that fires with its first (or, for ``sign = -1``, its last)
+  input; the pooled spike time is the exact input spike time;
+- one ``Synapses`` object per layer, its indices from :mod:`ttfs_brian.brian.connectivity`.
+
+**Batches: replicated groups.** ``R`` samples run side by side: every group has ``R`` copies of
+its neurons and every synapse list ``R`` index-shifted copies (:func:`connectivity.replicate`);
+a batch of ``N`` samples runs as ``ceil(N / R)`` chunks through the same compiled network (the
+last chunk padded with silent inputs). The alternative, time-multiplexing (sample ``k`` in
+``[k T, (k + 1) T]`` with a state reset in between), would cost ``N`` times the number of time
+steps for the same synaptic work; Brian2's cost per time step and per object is a large fixed
+overhead (Python in runtime mode, loop and queue bookkeeping in standalone), so replication is
+faster, and the runs are short (a few hundred steps). Measured with Brian2 2.9.0 on a 2-core
+machine for a 784-100-10 network (exact, dt = 0.01 ms, runtime/Cython), see
+``Simulator.__doc__`` notes: one replica ~0.11 s per sample versus 64 replicas ~0.006 s per
+sample. ``R`` is bounded by ``max_synapses`` (memory: ~40 bytes per synapse in Brian2).
+
+**Devices.** ``runtime`` builds the Brian2 objects once and restores their initial state before
+each chunk (``Network.store``/``restore``). ``cpp_standalone`` generates and compiles one project
+per :class:`Simulator` in its own directory with a private ``CPPStandaloneDevice`` (so several
+simulators can coexist in one process), then reruns the binary with ``run_args`` for every chunk;
+:attr:`Simulator.compilations` counts the builds. All device-specific code is in
+:meth:`Simulator._activate_device`.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..network import Layer, TTFSNetwork
+from ..result import SimulationResult, build_report, layer_record, per_sample_any
+from . import connectivity as conn_mod
+from . import equations as eq
+from .connectivity import Connectivity
+
+log = logging.getLogger(__name__)
+
+DEVICES = ("runtime", "cpp_standalone", "cuda_standalone")
+DEFAULT_MAX_SYNAPSES = 20_000_000
+"""Upper bound on synapses in one compiled network (all replicas), which bounds the chunk size ``R``."""
+
+_instances = 0
+
+
+def _identifier(text: str) -> str:
+    """A Brian2 object name from a layer name (``features.0`` -> ``features_0``)."""
+    return re.sub(r"\W", "_", text)
+
+
+@dataclass
+class _Stage:
+    """One layer of the Brian2 network: its role, incoming connectivity and (once built) its objects."""
+
+    layer: Layer
+    role: str  # "input", "hidden", "pool", "output"
+    pred: Layer | None = None
+    conn: Connectivity | None = None
+    group: Any = None
+    synapses: Any = None
+    params: dict[str, np.ndarray] = field(default_factory=dict)
+    namespace: dict[str, Any] = field(default_factory=dict)
+
+
+class Simulator:
+    """Brian2 simulation of a converted network, built once and run on many batches.
+
+    Parameters
+    ----------
+    net:
+        The converted network (a chain of layers).
+    device:
+        ``"runtime"`` (Brian2's runtime code generation), ``"cpp_standalone"`` (one compiled
+        binary, rerun with new inputs) or ``"cuda_standalone"`` (brian2cuda; needs its own
+        Python >= 3.12 environment).
+    timing:
+        ``"precise"``: exact off-grid spike times (SPEC section 6); ``"grid"``: plain Brian2, spikes
+        on the ``dt`` grid with one step of latency per layer.
+    dt:
+        Integration step in ms; ``None`` takes the network's ``dt`` (or 0.01 ms). Precise timing is
+        exact (to rounding) when the windows are multiples of ``dt``.
+    threads:
+        OpenMP threads for ``cpp_standalone`` (``prefs.devices.cpp_standalone.openmp_threads``).
+    build_dir:
+        Project directory for standalone devices (a fresh temporary directory if ``None``).
+    batch_size:
+        Samples simulated side by side (replicas ``R``); default: the first batch's size, capped
+        so that the network has at most ``max_synapses`` synapses.
+    """
+
+    def __init__(self, net: TTFSNetwork, device: str = "runtime", timing: str = "precise", dt: float | None = 0.01,
+                 threads: int | None = None, build_dir: str | os.PathLike | None = None,
+                 batch_size: int | None = None, max_synapses: int = DEFAULT_MAX_SYNAPSES) -> None:
+        global _instances
+        if device not in DEVICES:
+            raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
+        if timing not in eq.TIMINGS:
+            raise ValueError(f"unknown timing {timing!r}; choose one of {eq.TIMINGS}")
+        dt = net.dt if dt is None else dt
+        dt = 0.01 if dt is None else float(dt)
+        if not dt > 0:
+            raise ValueError(f"dt must be > 0 ms, got {dt}")
+        if threads is not None and (int(threads) < 1 or device == "runtime"):
+            raise ValueError("threads (OpenMP) must be >= 1 and needs device='cpp_standalone'")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.net = net
+        self.device = device
+        self.timing = timing
+        self.dt = dt
+        self.threads = None if threads is None else int(threads)
+        self.build_dir = None if build_dir is None else Path(build_dir)
+        self.batch_size = batch_size
+        self.max_synapses = int(max_synapses)
+        self.compilations = 0
+        """Number of times Brian2 code was generated and compiled (standalone: must stay 1)."""
+        self.replicas: int | None = None
+        self._stages = self._plan()
+        self._network = None
+        self._device_obj = None
+        self._build_s = 0.0
+        self._compile_s = 0.0
+        _instances += 1
+        self._prefix = f"ttfs{_instances}"
+        self._check_alignment()
+
+    # ------------------------------------------------------------------ structure
+    def _plan(self) -> list[_Stage]:
+        """Roles and connectivity of every layer, in topological order (no Brian2 objects yet)."""
+        stages = []
+        for layer in self.net.layers.values():
+            if layer.kind == "input":
+                stages.append(_Stage(layer, "input"))
+                continue
+            pred = self.net.predecessor(layer)
+            conn = conn_mod.for_layer(layer, pred)
+            role = "output" if layer.is_output else ("pool" if layer.kind == "maxpool" else "hidden")
+            stages.append(_Stage(layer, role, pred, conn))
+        return stages
+
+    @property
+    def synapses_per_sample(self) -> int:
+        return sum(stage.conn.n_synapses for stage in self._stages if stage.conn is not None)
+
+    def _check_alignment(self) -> None:
+        """Warn when window edges are off the dt grid: precise timing is then exact only away from them."""
+        edges = np.array([t for layer in self.net.layers.values() for t in (layer.t_min, layer.t_max)])
+        off = np.abs(edges / self.dt - np.round(edges / self.dt)) > 1e-6
+        if off.any() and self.timing == "precise":
+            log.warning("%d window edges are not multiples of dt = %g ms; spike times may deviate from the "
+                        "analytic ones by up to dt for neurons that fire within one step of an edge "
+                        "(convert with dt=%g to align them)", int(off.sum()), self.dt, self.dt)
+
+    def duration_ms(self) -> float:
+        """Simulated time: up to the readout, plus one step of delivery latency per layer and a margin."""
+        return self.net.output_layer.t_min + (len(self._stages) + 2) * self.dt
+
+    # ------------------------------------------------------------------ parameters per stage
+    def _parameters(self, stage: _Stage) -> None:
+        """Per-neuron arrays and namespace constants of one stage (see the table in equations.py)."""
+        import brian2 as b2
+
+        net, layer, pred = self.net, stage.layer, stage.pred
+        ms = b2.ms
+        never = eq.NEVER_MS * ms
+        common = {"tau_c": net.tau_c * ms, "tol": eq.TOL, "t_never": never}
+        size = layer.size
+        if stage.role == "input":
+            stage.namespace = dict(common)
+        elif stage.role == "pool":
+            sign = np.repeat(np.asarray(layer.arrays["sign"], dtype=np.float64), size // len(layer.arrays["sign"]))
+            stage.params = {"sign": sign, "need": np.where(sign > 0, 1.0, stage.conn.fan_in.astype(np.float64))}
+            stage.namespace = dict(common)
+        elif stage.role == "hidden":
+            theta = np.asarray(layer.arrays["threshold"], dtype=np.float64).reshape(-1)
+            theta = np.broadcast_to(theta, (size,)).copy()
+            if net.variant == "exact":
+                stage.params = {"alpha": np.ones(size), "beta": stage.conn.pad_sum.copy(), "theta": theta}
+                window = {"t_on": pred.t_min * ms, "t_off": never, "t_fire": pred.t_min * ms}
+            else:
+                stage.params = {"alpha": np.zeros(size), "beta": np.ones(size), "theta": theta}
+                window = {"t_on": pred.t_min * ms, "t_off": layer.t_min * ms, "t_fire": layer.t_min * ms}
+            stage.namespace = {**common, **window, "t_late": layer.t_min * ms, "t_max": layer.t_max * ms}
+        else:  # output
+            if net.variant == "exact":
+                alpha = np.broadcast_to(np.asarray(layer.arrays["drive"], dtype=np.float64).reshape(-1), (size,))
+            else:
+                alpha = np.zeros(size)
+            stage.params = {"alpha": np.array(alpha)}
+            stage.namespace = {**common, "t_on": pred.t_min * ms, "t_off": layer.t_min * ms}
+
+    # ------------------------------------------------------------------ building
+    def _make_objects(self, replicas: int) -> Any:
+        """Create the Brian2 groups and synapses for ``replicas`` samples side by side; returns the Network."""
+        import brian2 as b2
+
+        clock = b2.Clock(dt=self.dt * b2.ms, name=f"{self._prefix}_clock")
+        objects = []
+        stages_by_name = {}
+        for k, stage in enumerate(self._stages):
+            self._parameters(stage)
+            name = f"{self._prefix}_{k}_{_identifier(stage.layer.name)}"
+            n = replicas * stage.layer.size
+            if stage.role == "input":
+                group = b2.NeuronGroup(n, eq.INPUT_MODEL, threshold=eq.INPUT_THRESHOLD,
+                                       reset=eq.INPUT_RESET[self.timing], clock=clock,
+                                       namespace=stage.namespace, name=name)
+                group.t_in = eq.NEVER_MS * b2.ms
+            elif stage.role == "pool":
+                group = b2.NeuronGroup(n, eq.POOL_MODEL, threshold=eq.POOL_THRESHOLD,
+                                       reset=eq.POOL_RESET[self.timing], clock=clock,
+                                       namespace=stage.namespace, name=name)
+                group.t_first = eq.NEVER_MS * b2.ms
+                group.t_last = -eq.NEVER_MS * b2.ms
+            elif stage.role == "hidden":
+                threshold = eq.EXACT_THRESHOLD if self.net.variant == "exact" else eq.SPARSE_THRESHOLD[self.timing]
+                group = b2.NeuronGroup(n, eq.INTEGRATOR_MODEL, threshold=threshold,
+                                       reset=eq.INTEGRATOR_RESET[self.timing], method="euler", clock=clock,
+                                       namespace=stage.namespace, name=name)
+            else:
+                group = b2.NeuronGroup(n, eq.OUTPUT_MODEL, method="euler", clock=clock,
+                                       namespace=stage.namespace, name=name)
+            for key, value in stage.params.items():
+                setattr(group, key, np.tile(value, replicas))
+            stage.group = group
+            objects.append(group)
+            stages_by_name[stage.layer.name] = stage
+            if stage.conn is None:
+                continue
+            source = stages_by_name[stage.pred.name].group
+            pre, post, weight = conn_mod.replicate(stage.conn, replicas)
+            if stage.role == "pool":
+                synapses = b2.Synapses(source, group, on_pre=eq.ON_PRE_POOL, clock=clock,
+                                       namespace=stage.namespace, name=f"{name}_syn")
+            else:
+                synapses = b2.Synapses(source, group, model=eq.SYNAPSE_MODEL,
+                                       on_pre=eq.ON_PRE_INTEGRATOR[self.timing], clock=clock,
+                                       namespace=stage.namespace, name=f"{name}_syn")
+            # After the resets, so that the presynaptic t_spike is already set (SPEC section 6).
+            synapses.pre.when = "after_resets"
+            if pre.size:
+                synapses.connect(i=pre, j=post)
+                if stage.role != "pool":
+                    synapses.w = weight
+            stage.synapses = synapses
+            objects.append(synapses)
+        return b2.Network(*objects, name=f"{self._prefix}_network")
+
+    @contextlib.contextmanager
+    def _activate_device(self) -> Iterator[Any]:
+        """Make this simulator's Brian2 device current (and its preferences) for the duration of the block.
+
+        All device-specific code lives here: runtime needs nothing; ``cpp_standalone`` gets a private
+        ``CPPStandaloneDevice`` (so that several simulators, and the runtime device, coexist in one
+        process) and the OpenMP preference; ``cuda_standalone`` needs brian2cuda.
+        """
+        import brian2 as b2
+        from brian2.devices.device import reset_device, set_device
+
+        if self.device == "runtime":
+            set_device("runtime")
+            try:
+                yield None
+            finally:
+                reset_device()
+            return
+        if self.device == "cuda_standalone":
+            try:
+                import brian2cuda  # noqa: F401
+                from brian2cuda.device import CUDAStandaloneDevice
+            except ImportError as exc:
+                raise RuntimeError(
+                    "device='cuda_standalone' needs brian2cuda (pip install brian2cuda==1.0b1), which pins "
+                    "brian2==2.10.1 and therefore Python >= 3.12: run it from a separate environment, or use "
+                    "device='cpp_standalone' or device='runtime'") from exc
+            factory = CUDAStandaloneDevice
+        else:
+            from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
+
+            factory = CPPStandaloneDevice
+        if self._device_obj is None:
+            self._check_toolchain()
+            self._device_obj = factory()
+        old_threads = b2.prefs.devices.cpp_standalone.openmp_threads
+        if self.threads is not None:
+            b2.prefs.devices.cpp_standalone.openmp_threads = self.threads
+        set_device(self._device_obj, build_on_run=False)
+        try:
+            yield self._device_obj
+        finally:
+            b2.prefs.devices.cpp_standalone.openmp_threads = old_threads
+            reset_device()
+
+    def _check_toolchain(self) -> None:
+        """A standalone build needs make and a C++ compiler; say so before Brian2 fails obscurely."""
+        import brian2 as b2
+
+        tools = [b2.prefs.devices.cpp_standalone.make_cmd_unix.split()[0], os.environ.get("CXX", "g++").split()[0]]
+        if self.device == "cuda_standalone":
+            tools.append("nvcc")
+        for tool in tools:
+            if shutil.which(tool) is None:
+                raise RuntimeError(
+                    f"device={self.device!r} needs the build tool '{tool}', which is not on PATH; install it "
+                    "(e.g. apt-get install build-essential) or use device='runtime'")
+
+    def _build(self, replicas: int) -> None:
+        """Create (and for standalone devices generate and compile) the network for ``replicas`` samples."""
+        import brian2 as b2
+
+        self.replicas = replicas
+        started = time.perf_counter()
+        with self._activate_device() as device:
+            network = self._make_objects(replicas)
+            if device is None:  # runtime
+                network.store("initial")
+                self._build_s = time.perf_counter() - started
+                self._compile_s = 0.0
+            else:
+                network.run(self.duration_ms() * b2.ms, namespace={})
+                self._build_s = time.perf_counter() - started
+                directory = self.build_dir or Path(tempfile.mkdtemp(prefix="ttfs_brian_standalone_"))
+                self.build_dir = Path(directory)
+                compiled = time.perf_counter()
+                try:
+                    device.build(directory=str(self.build_dir), compile=True, run=False, with_output=False)
+                except RuntimeError as exc:
+                    raise RuntimeError(
+                        f"building the {self.device} project in {self.build_dir} failed ({exc}); check the C++ "
+                        "toolchain, or use device='runtime'") from exc
+                self._compile_s = time.perf_counter() - compiled
+            self.compilations += 1
+        self._network = network
+        log.info("built %s network: %d replicas, %d synapses, build %.2f s, compile %.2f s", self.device, replicas,
+                 replicas * self.synapses_per_sample, self._build_s, self._compile_s)
+
+    @property
+    def compiled(self) -> bool:
+        return self._network is not None
+
+    # ------------------------------------------------------------------ running
+    def _encode(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Input spike times (ms; silent = NEVER) and the clipped mask, as in the analytic engine."""
+        layer = self.net.input
+        u = (data - layer.arrays["low"]) / (layer.arrays["high"] - layer.arrays["low"])
+        clipped = (u < 0) | (u > 1)
+        u = np.clip(u, 0.0, 1.0)
+        t_in = layer.t_max - u * self.net.tau_c
+        if self.net.variant == "sparse":
+            t_in = np.where(u > 0, t_in, eq.NEVER_MS)  # value 0 is silence
+        return t_in.reshape(data.shape[0], -1), clipped
+
+    def _run_chunk(self, t_in: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
+        """Simulate ``R`` samples (``t_in`` of shape ``(R, P_in)``); returns raw state per stage."""
+        import brian2 as b2
+
+        input_group = self._stages[0].group
+        flat = t_in.reshape(-1)
+        if self.device == "runtime":
+            with self._activate_device():
+                self._network.restore("initial")
+                input_group.t_in = flat * b2.ms
+                self._network.run(self.duration_ms() * b2.ms, namespace={})
+        else:
+            self._device_obj.run(directory=str(self.build_dir), with_output=False,
+                                 run_args={input_group.t_in: flat * b2.ms})
+        wanted = {"input": ("spiked", "t_spike"), "pool": ("spiked", "t_spike"),
+                  "hidden": ("spiked", "t_spike", "t_raw", "v", "I"), "output": ("v",)}
+        out = {}
+        for stage in self._stages:
+            # Read through the variable's own device (a standalone result file or a runtime array),
+            # independent of which Brian2 device is current now.
+            out[stage.layer.name] = {key: np.array(stage.group.variables[key].get_value())
+                                     for key in wanted[stage.role]}
+        return out
+
+    def run(self, x: np.ndarray) -> SimulationResult:
+        """Simulate a batch ``x`` of shape ``(N, *input_shape)`` (raw inputs, as for the ReLU network)."""
+        from ..analytic import validate_inputs
+
+        data = validate_inputs(self.net, x)
+        n = data.shape[0]
+        t_in, input_clipped = self._encode(data)
+        if not self.compiled:
+            cap = max(1, self.max_synapses // max(1, self.synapses_per_sample))
+            self._build(max(1, min(self.batch_size or n, cap)))
+        replicas = self.replicas
+        chunks = math.ceil(n / replicas)
+        padded = np.full((chunks * replicas, t_in.shape[1]), eq.NEVER_MS)
+        padded[:n] = t_in
+        started = time.perf_counter()
+        raw = [self._run_chunk(padded[c * replicas:(c + 1) * replicas]) for c in range(chunks)]
+        run_s = time.perf_counter() - started
+        result = self._assemble(raw, n, input_clipped)
+        result.meta.update(
+            device=self.device, timing=self.timing, dt=self.dt, build_s=self._build_s, compile_s=self._compile_s,
+            run_s=run_s, replicas=replicas, chunks=chunks, compilations=self.compilations,
+            n_synapses=self.synapses_per_sample, n_synapses_compiled=replicas * self.synapses_per_sample,
+            duration_ms=self.duration_ms(), build_dir=None if self.build_dir is None else str(self.build_dir))
+        result.meta["synaptic_events"] = self._synaptic_events(result)
+        return result
+
+    # ------------------------------------------------------------------ results
+    def _assemble(self, raw: list[dict[str, dict[str, np.ndarray]]], n: int,
+                  input_clipped: np.ndarray) -> SimulationResult:
+        """Spike times, logits and the report from the per-chunk raw states (first ``n`` samples)."""
+        net = self.net
+        tol_ms = eq.TOL * self.dt
+
+        def stacked(stage: _Stage, key: str) -> np.ndarray:
+            full = np.concatenate([chunk[stage.layer.name][key] for chunk in raw])
+            return full.reshape(-1, *stage.layer.shape)[:n]
+
+        spike_times: dict[str, np.ndarray] = {}
+        records, flagged = [], np.zeros(n, dtype=bool)
+        logits = None
+        for stage in self._stages:
+            layer = stage.layer
+            if stage.role == "output":
+                v = stacked(stage, "v").reshape(n, -1)
+                logits = v + np.asarray(layer.arrays["bias"]).reshape(1, -1) if net.variant == "sparse" else v
+                continue
+            spiked = stacked(stage, "spiked").astype(bool)
+            # Brian2 stores seconds; report ms like the analytic engine.
+            times = np.where(spiked, stacked(stage, "t_spike") * 1e3, np.nan)
+            early = np.zeros(times.shape, dtype=bool)
+            if stage.role == "input":
+                clipped = input_clipped.reshape(times.shape)
+            elif stage.role == "pool":
+                clipped = np.zeros(times.shape, dtype=bool)  # a pool passes its input's time on unchanged
+            else:
+                crossed_before = spiked & (stacked(stage, "t_raw") * 1e3 < layer.t_min - tol_ms)
+                if net.variant == "exact":
+                    # Clipped: the closed-form crossing (all inputs arrived, the line of the final slope)
+                    # lies before t_min; early: the true crossing does, but the closed form does not.
+                    end = self.duration_ms()
+                    rate = (stage.params["alpha"] + stage.params["beta"]).reshape(layer.shape) + stacked(stage, "I")
+                    theta = stage.params["theta"].reshape(layer.shape)
+                    closed = end - net.tau_c * (stacked(stage, "v") - theta) / np.where(rate > 0, rate, np.nan)
+                    clipped = np.nan_to_num(closed, nan=np.inf) < layer.t_min - tol_ms
+                    early = crossed_before & ~clipped
+                else:
+                    clipped = crossed_before
+            for key in (layer.name, *layer.aliases):
+                spike_times[key] = times
+            records.append(layer_record(layer.name, layer.kind, times, clipped, early))
+            flagged |= per_sample_any(clipped | early)
+        assert logits is not None
+        return SimulationResult(logits, spike_times, build_report(records), flagged, backend="brian2", meta={})
+
+    def _synaptic_events(self, result: SimulationResult) -> int:
+        """Spikes times fan-out, summed over all synapse groups and samples."""
+        total = 0
+        for stage in self._stages:
+            if stage.conn is None:
+                continue
+            spiked = ~np.isnan(result.spike_times[stage.pred.name]).reshape(result.logits.shape[0], -1)
+            total += int(spiked.astype(np.int64).sum(axis=0) @ stage.conn.fan_out)
+        return total
