@@ -10,12 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from .graph import ConversionError
-from .network import NetworkFileError, TTFSNetwork, load
-from .result import SimulationResult
+from .errors import ConversionError, NetworkFileError, UnsupportedModuleError
+from .network import TTFSNetwork, load
 
-__all__ = ["convert", "simulate", "load", "verify", "TTFSNetwork", "SimulationResult", "ConversionError",
-           "NetworkFileError"]
+__all__ = ["convert", "simulate", "load", "verify", "TTFSNetwork", "SimulationResult",
+           "ConversionError", "UnsupportedModuleError", "NetworkFileError"]
 __version__ = "0.1.0"
 
 
@@ -25,7 +24,15 @@ def convert(model, calibration, **kwargs: Any) -> TTFSNetwork:
     return _convert(model, calibration, **kwargs)
 
 
-def simulate(net: TTFSNetwork, x: np.ndarray, backend: str = "analytic", **kwargs: Any) -> SimulationResult:
+def __getattr__(name: str) -> Any:
+    # torch and pandas load only when an engine is used: reading a network file needs NumPy alone
+    if name == "SimulationResult":
+        from .result import SimulationResult
+        return SimulationResult
+    raise AttributeError(f"module 'ttfs_brian' has no attribute {name!r}")
+
+
+def simulate(net: TTFSNetwork, x: np.ndarray, backend: str = "analytic", **kwargs: Any):
     """Run ``net`` on the batch ``x`` with the ``analytic`` engine or ``brian2``.
 
     Brian2 options (``device``, ``timing``, ``dt``, ``threads``, ``build_dir``) go to
@@ -42,7 +49,7 @@ def simulate(net: TTFSNetwork, x: np.ndarray, backend: str = "analytic", **kwarg
     raise ValueError(f"unknown backend {backend!r}; choose 'analytic' or 'brian2'")
 
 
-def verify(net: TTFSNetwork, model, x, result: SimulationResult | None = None):
+def verify(net: TTFSNetwork, model, x, result=None):
     """Per-layer worst error of ``result`` (default: the analytic engine) against the float64 ReLU network."""
     from .reference import verify as _verify
     return _verify(net, model, x, result)

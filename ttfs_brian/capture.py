@@ -16,7 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .graph import ConversionError, Graph, Op
+from .errors import ConversionError, UnsupportedModuleError
+from .graph import Graph, Op
 
 SUPPORTED = (
     "Linear, Conv2d (zero padding; any stride, padding, dilation, groups), BatchNorm1d/2d "
@@ -29,10 +30,6 @@ _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _DROPOUT_FUNCTIONS = {F.dropout, torch.dropout, F.dropout2d}
 _FLATTEN_METHODS = {"flatten", "view", "reshape"}
 _IGNORED_METHODS = {"size", "contiguous"}
-
-
-class UnsupportedModuleError(ConversionError):
-    """A module or function the converter cannot map; the message names it and lists what is supported."""
 
 
 def _pair(value: Any) -> tuple[int, int]:

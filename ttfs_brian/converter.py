@@ -11,7 +11,8 @@ import torch.nn as nn
 
 from . import passes
 from .capture import capture, record_activations
-from .graph import ConversionError, Graph, Op, forward, output_op
+from .errors import ConversionError
+from .graph import Graph, Op, forward, output_op
 from .network import VARIANTS, Layer, TTFSNetwork
 
 log = logging.getLogger(__name__)

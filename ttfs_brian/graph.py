@@ -24,9 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-class ConversionError(ValueError):
-    """The model or its data cannot be converted; the message names the cause and the fix."""
+from .errors import ConversionError
 
 
 @dataclass(frozen=True)

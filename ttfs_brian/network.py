@@ -61,14 +61,12 @@ from typing import Any
 
 import numpy as np
 
+from .errors import NetworkFileError
+
 FORMAT_NAME = "ttfs_brian.network"
 FORMAT_VERSION = 1
 VARIANTS = ("exact", "sparse")
 KINDS = ("input", "linear", "conv", "maxpool")
-
-
-class NetworkFileError(ValueError):
-    """A network file that cannot be read: corrupt, foreign, or of an unknown version."""
 
 
 @dataclass

@@ -10,7 +10,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .graph import ConversionError, Graph, Op, conv_attrs, output_op, per_channel
+from .errors import ConversionError
+from .graph import Graph, Op, conv_attrs, output_op, per_channel
 
 
 def insert_input_affine(graph: Graph, low: np.ndarray, high: np.ndarray) -> Graph:

@@ -1,0 +1,159 @@
+"""The ``ttfs-brian`` command line.
+
+Models are given as a file written by ``torch.save(model, PATH)`` (a whole pickled module; its
+class must be importable) or as ``zoo:ARCH_DATASET`` for a bundled checkpoint, e.g.
+``zoo:lenet5_mnist5k``. Data files are ``.npy`` arrays of shape ``(N, ...)``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+TOLERANCE = 1e-9
+"""Largest unflagged error (relative to the layer window, and of the logits) that `verify` accepts."""
+
+
+def load_model(spec: str):
+    """A torch module from ``zoo:ARCH_DATASET`` or a ``torch.save``'d module file."""
+    import torch
+
+    from . import zoo
+
+    if spec.startswith("zoo:"):
+        arch, _, dataset = spec[4:].rpartition("_")
+        if not arch:
+            raise SystemExit(f"error: {spec!r}: use zoo:ARCH_DATASET, e.g. zoo:lenet5_mnist5k")
+        return zoo.load_pretrained(arch, dataset)[0]
+    path = Path(spec)
+    if not path.exists():
+        raise SystemExit(f"error: model file {path} does not exist")
+    try:
+        model = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise SystemExit(f"error: cannot load {path} as a pickled torch module ({exc}); save it with "
+                         "torch.save(model, path) where the model's class is importable") from exc
+    if not isinstance(model, torch.nn.Module):
+        raise SystemExit(f"error: {path} holds a {type(model).__name__}, not a torch.nn.Module (a state_dict? "
+                         "save the whole module with torch.save(model, path))")
+    return model.eval()
+
+
+def load_array(path: str) -> np.ndarray:
+    if not Path(path).exists():
+        raise SystemExit(f"error: data file {path} does not exist")
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as exc:
+        raise SystemExit(f"error: {path} is not a .npy array ({exc})") from exc
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .converter import convert
+
+    model = load_model(args.model)
+    calibration = load_array(args.calibration)
+    input_range = tuple(args.input_range) if args.input_range else None
+    net = convert(model, calibration, variant=args.variant, zeta=args.zeta, tau_c=args.tau_c,
+                  input_range=input_range, dt=args.dt)
+    net.save(args.output)
+    print(net.summary())
+    print(f"wrote {args.output}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from . import simulate
+    from .network import load
+    from .reference import verify
+
+    net = load(args.network)
+    model = load_model(args.model)
+    x = load_array(args.data)
+    result = simulate(net, x, backend=args.backend, **_brian_options(args))
+    report = verify(net, model, x, result)
+    print(report)
+    worst = max([report.logit_max_rel_err_unflagged, *report.layers["max_rel_err_unflagged"]])
+    if worst > TOLERANCE:
+        print(f"FAILED: unflagged error {worst:.3g} exceeds {TOLERANCE:g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from . import simulate
+    from .network import load
+
+    net = load(args.network)
+    result = simulate(net, load_array(args.data), backend=args.backend, **_brian_options(args))
+    print(result.report.to_string(index=False))
+    if args.output:
+        np.save(args.output, result.logits)
+        print(f"wrote logits to {args.output}")
+    return 0
+
+
+def _brian_options(args: argparse.Namespace) -> dict:
+    if args.backend != "brian2":
+        return {}
+    return {"device": args.device, "timing": args.timing, "dt": args.dt}
+
+
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", choices=["analytic", "brian2"], default="analytic")
+    parser.add_argument("--device", default="runtime", choices=["runtime", "cpp_standalone", "cuda_standalone"],
+                        help="Brian2 device (backend brian2)")
+    parser.add_argument("--timing", default="precise", choices=["precise", "grid"], help="Brian2 spike timing")
+    parser.add_argument("--dt", type=float, default=0.01, help="Brian2 time step in ms")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ttfs-brian", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("convert", help="convert a ReLU network into a TTFS network file")
+    p.add_argument("model", help="torch.save'd module file, or zoo:ARCH_DATASET")
+    p.add_argument("calibration", help=".npy calibration inputs (N, ...): windows come from them")
+    p.add_argument("-o", "--output", required=True, help="network file to write (.npz)")
+    p.add_argument("--variant", choices=["exact", "sparse"], default="exact")
+    p.add_argument("--zeta", type=float, default=0.5, help="window margin: B = (1 + zeta) * max activation")
+    p.add_argument("--tau-c", type=float, default=1.0, help="coding time constant in ms")
+    p.add_argument("--dt", type=float, default=None, help="align window boundaries to multiples of dt (ms)")
+    p.add_argument("--input-range", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                   help="input bounds mapped onto [0, 1] (default: min and max of the calibration data)")
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("verify", help="compare a converted network with the ReLU network on data")
+    p.add_argument("network")
+    p.add_argument("model")
+    p.add_argument("data")
+    _add_backend(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("simulate", help="run a converted network and print the per-layer report")
+    p.add_argument("network")
+    p.add_argument("data")
+    p.add_argument("-o", "--output", help="write the logits to this .npy file")
+    _add_backend(p)
+    p.set_defaults(func=cmd_simulate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
