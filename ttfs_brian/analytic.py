@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .converter import as_float64_array
 from .graph import conv_attrs, signed_max_pool
 from .network import Layer, TTFSNetwork
-from .result import SimulationResult, build_report, layer_record, per_sample_any
+from .result import SimulationResult, build_report, layer_record
 
 log = logging.getLogger(__name__)
 
@@ -74,26 +74,29 @@ def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor) -> Simulat
             if layer.is_output:
                 logits = _output(net, layer, values).reshape(n, -1).numpy()
                 continue
+            clipped = early = None
             if layer.kind == "input":
-                value, clipped, early = _encode(layer, data)
+                value, clipped = _encode(layer, data)
                 if clipped.any():
                     log.warning("%d input values lie outside the calibrated range and were clipped",
                                 int(clipped.sum()))
             elif layer.kind == "maxpool":
                 value = signed_max_pool(values[layer.inputs[0]], layer.arrays["sign"], _pool_attrs(layer))
-                clipped = early = torch.zeros_like(value, dtype=torch.bool)
             elif net.variant == "exact":
                 value, clipped, early = _exact_layer(net, layer, values)
             else:
-                value, clipped, early = _sparse_layer(net, layer, values)
+                value, clipped = _sparse_layer(net, layer, values)
             values[layer.name] = value
-            spiked = value > 0 if net.variant == "sparse" else torch.ones_like(value, dtype=torch.bool)
-            times = torch.where(spiked, layer.t_max - value * net.tau_c, torch.nan).numpy()
+            times = value.numpy() * -net.tau_c + layer.t_max
+            if net.variant == "sparse":
+                times[value.numpy() <= 0] = np.nan
             for key in (layer.name, *layer.aliases):
                 spike_times[key] = times
-            clipped_np, early_np = clipped.numpy(), early.numpy()
-            records.append(layer_record(layer.name, layer.kind, times, clipped_np, early_np))
-            flagged |= per_sample_any(clipped_np | early_np)
+            counts = [None if mask is None else mask.reshape(n, -1).sum(dim=1).numpy() for mask in (clipped, early)]
+            records.append(layer_record(layer.name, layer.kind, times, *counts))
+            for count in counts:
+                if count is not None:
+                    flagged |= count > 0
     assert logits is not None
     report = build_report(records)
     return SimulationResult(logits, spike_times, report, flagged, backend="analytic",
@@ -109,23 +112,27 @@ def _encode(layer: Layer, data: np.ndarray):
     """Input values ``u = (x - low) / (high - low)``, clipped to [0, 1] (and counted)."""
     u = _t((data - layer.arrays["low"]) / (layer.arrays["high"] - layer.arrays["low"]))
     clipped = (u < 0) | (u > 1)
-    return u.clamp(0.0, 1.0), clipped, torch.zeros_like(clipped)
+    return u.clamp_(0.0, 1.0), clipped
 
 
 def _clamped_input(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:
-    """Values arriving at ``layer``: a spike before the input layer's t_min acts from t_min on."""
+    """Values arriving at ``layer``: a spike before the input layer's t_min acts from t_min on.
+
+    Only ``exact`` produces values above the window (``sparse`` clamps when it encodes).
+    """
     pred = net.layers[layer.inputs[0]]
     b_in = net.window_length(pred)
-    return values[pred.name].clamp(0.0, b_in).reshape(-1, *pred.shape), b_in
+    value = values[pred.name].clamp(0.0, b_in) if net.variant == "exact" else values[pred.name]
+    return value.reshape(-1, *pred.shape), b_in
 
 
 def _sparse_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]):
     xin, _ = _clamped_input(net, layer, values)
     b = net.window_length(layer)
-    potential = synaptic_input(layer, xin, _t(layer.arrays["weight"]))
-    y = b - (_t(layer.arrays["threshold"]) - potential)
+    y = synaptic_input(layer, xin, _t(layer.arrays["weight"]))
+    y.sub_(_t(layer.arrays["threshold"])).add_(b)  # b - (theta - V(t_min))
     clipped = y > b
-    return y.clamp(0.0, b), clipped, torch.zeros_like(clipped)
+    return y.clamp_(0.0, b), clipped
 
 
 def _exact_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]):
@@ -135,9 +142,9 @@ def _exact_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]
     threshold = _t(layer.arrays["threshold"])
     v_end = b_in + synaptic_input(layer, xin, weight)
     margin = threshold - v_end
-    y = b - margin / (1.0 + weight_sum(layer, weight))
-    clipped = y > b
-    value = y.clamp(min=0.0)
+    value = b - margin / (1.0 + weight_sum(layer, weight))
+    clipped = value > b
+    value.clamp_(min=0.0)
 
     negative = weight.clamp(max=0.0)
     negative_sum = -weight_sum(layer, negative)

@@ -47,26 +47,22 @@ class SimulationResult:
         return decoded
 
 
-def layer_record(layer_name: str, kind: str, spike_times: np.ndarray, clipped: np.ndarray,
-                 early: np.ndarray) -> dict[str, Any]:
-    """One report row; ``clipped`` and ``early`` are boolean arrays shaped like ``spike_times``."""
+def layer_record(layer_name: str, kind: str, spike_times: np.ndarray, clipped: np.ndarray | None = None,
+                 early: np.ndarray | None = None) -> dict[str, Any]:
+    """One report row; ``clipped`` and ``early`` are per-sample event counts ``(N,)`` (None: no events)."""
     n = spike_times.shape[0]
     neurons = int(np.prod(spike_times.shape[1:]))
-    spikes = int(np.count_nonzero(~np.isnan(spike_times)))
+    spikes = int(spike_times.size - np.count_nonzero(np.isnan(spike_times)))
     return {
         "layer": layer_name,
         "kind": kind,
         "neurons": neurons,
         "spikes": spikes,
         "spikes_per_neuron": spikes / max(1, n * neurons),
-        "clipped": int(np.count_nonzero(clipped)),
-        "early_fired": int(np.count_nonzero(early)),
+        "clipped": 0 if clipped is None else int(clipped.sum()),
+        "early_fired": 0 if early is None else int(early.sum()),
     }
 
 
 def build_report(records: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame.from_records(records, columns=REPORT_COLUMNS)
-
-
-def per_sample_any(mask: np.ndarray) -> np.ndarray:
-    return mask.reshape(mask.shape[0], -1).any(axis=1)
