@@ -126,19 +126,19 @@ INPUT_RESET = {"precise": "t_spike = t_in\nspiked = True", "grid": "t_spike = t\
 POOL_MODEL = """
 n_in : 1
 need : 1 (constant)
-sign : 1 (constant)
+pool_sign : 1 (constant)
 t_first : second
 t_last : second
 t_spike : second
 spiked : boolean
 """
 """``n_in`` counts the pool inputs that have spiked, ``t_first``/``t_last`` are their earliest and
-latest spike times; ``need`` is 1 for a max pool (``sign = +1``: fire with the first input) and
-the number of valid inputs of the window for a min pool (``sign = -1``: fire with the last)."""
+latest spike times; ``need`` is 1 for a max pool (``pool_sign = +1``: fire with the first input) and
+the number of valid inputs of the window for a min pool (``pool_sign = -1``: fire with the last)."""
 
 POOL_THRESHOLD = "not spiked and n_in >= need"
 POOL_RESET = {
-    "precise": "t_spike = t_first * int(sign > 0) + t_last * int(sign < 0)\nspiked = True",
+    "precise": "t_spike = t_first * int(pool_sign > 0) + t_last * int(pool_sign < 0)\nspiked = True",
     "grid": "t_spike = t\nspiked = True",
 }
 

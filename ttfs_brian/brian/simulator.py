@@ -18,10 +18,18 @@ last chunk padded with silent inputs). The alternative, time-multiplexing (sampl
 ``[k T, (k + 1) T]`` with a state reset in between), would cost ``N`` times the number of time
 steps for the same synaptic work; Brian2's cost per time step and per object is a large fixed
 overhead (Python in runtime mode, loop and queue bookkeeping in standalone), so replication is
-faster, and the runs are short (a few hundred steps). Measured with Brian2 2.9.0 on a 2-core
-machine for a 784-100-10 network (exact, dt = 0.01 ms, runtime/Cython), see
-``Simulator.__doc__`` notes: one replica ~0.11 s per sample versus 64 replicas ~0.006 s per
-sample. ``R`` is bounded by ``max_synapses`` (memory: ~40 bytes per synapse in Brian2).
+faster, and the runs are short (a few hundred steps). Measured (Brian2 2.9.0, 2 cores, 784-100-10
+``exact`` network, dt = 0.01 ms, 78 400 synapses per sample), seconds per sample:
+
+=====================  ==========  ==========  ===========
+device                 R = 1       R = 8       R = 64
+=====================  ==========  ==========  ===========
+runtime (Cython)       0.27        0.041       0.011
+cpp_standalone         0.049       0.016       0.008
+=====================  ==========  ==========  ===========
+
+``R = 1`` run ``N`` times is an upper bound on time-multiplexing's cost (same number of steps per
+sample, no reset code). ``R`` is bounded by ``max_synapses`` (memory: tens of bytes per synapse).
 
 **Devices.** ``runtime`` builds the Brian2 objects once and restores their initial state before
 each chunk (``Network.store``/``restore``). ``cpp_standalone`` generates and compiles one project
@@ -47,7 +55,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..network import Layer, TTFSNetwork
-from ..result import SimulationResult, build_report, layer_record, per_sample_any
+from ..result import SimulationResult, build_report, layer_record
 from . import connectivity as conn_mod
 from . import equations as eq
 from .connectivity import Connectivity
@@ -59,6 +67,20 @@ DEFAULT_MAX_SYNAPSES = 20_000_000
 """Upper bound on synapses in one compiled network (all replicas), which bounds the chunk size ``R``."""
 
 _instances = 0
+
+
+class _PoolOrderFilter(logging.Filter):
+    """Drop Brian2's "order of execution" warning for the pool synapses only.
+
+    Their code counts inputs and takes the min/max of the input spike times, which are commutative,
+    so the order in which synapses onto the same pooled neuron run cannot change the outcome.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "n_in_post += 1" not in record.getMessage()
+
+
+logging.getLogger("brian2.codegen.generators.base").addFilter(_PoolOrderFilter())
 
 
 def _identifier(text: str) -> str:
@@ -104,11 +126,16 @@ class Simulator:
     batch_size:
         Samples simulated side by side (replicas ``R``); default: the first batch's size, capped
         so that the network has at most ``max_synapses`` synapses.
+    codegen_target:
+        Runtime device only: Brian2's code generation target (``"cython"``, ``"numpy"``); ``None``
+        keeps ``prefs.codegen.target`` (Cython when a compiler is available). ``"numpy"`` needs no
+        compilation, which suits small networks and tests.
     """
 
     def __init__(self, net: TTFSNetwork, device: str = "runtime", timing: str = "precise", dt: float | None = 0.01,
                  threads: int | None = None, build_dir: str | os.PathLike | None = None,
-                 batch_size: int | None = None, max_synapses: int = DEFAULT_MAX_SYNAPSES) -> None:
+                 batch_size: int | None = None, max_synapses: int = DEFAULT_MAX_SYNAPSES,
+                 codegen_target: str | None = None) -> None:
         global _instances
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
@@ -130,6 +157,9 @@ class Simulator:
         self.build_dir = None if build_dir is None else Path(build_dir)
         self.batch_size = batch_size
         self.max_synapses = int(max_synapses)
+        if codegen_target is not None and device != "runtime":
+            raise ValueError("codegen_target applies to device='runtime' only")
+        self.codegen_target = codegen_target
         self.compilations = 0
         """Number of times Brian2 code was generated and compiled (standalone: must stay 1)."""
         self.replicas: int | None = None
@@ -187,7 +217,7 @@ class Simulator:
             stage.namespace = dict(common)
         elif stage.role == "pool":
             sign = np.repeat(np.asarray(layer.arrays["sign"], dtype=np.float64), size // len(layer.arrays["sign"]))
-            stage.params = {"sign": sign, "need": np.where(sign > 0, 1.0, stage.conn.fan_in.astype(np.float64))}
+            stage.params = {"pool_sign": sign, "need": np.where(sign > 0, 1.0, stage.conn.fan_in.astype(np.float64))}
             stage.namespace = dict(common)
         elif stage.role == "hidden":
             theta = np.asarray(layer.arrays["threshold"], dtype=np.float64).reshape(-1)
@@ -276,10 +306,14 @@ class Simulator:
         from brian2.devices.device import reset_device, set_device
 
         if self.device == "runtime":
+            old_target = b2.prefs.codegen.target
+            if self.codegen_target is not None:
+                b2.prefs.codegen.target = self.codegen_target
             set_device("runtime")
             try:
                 yield None
             finally:
+                b2.prefs.codegen.target = old_target
                 reset_device()
             return
         if self.device == "cuda_standalone":
@@ -461,8 +495,9 @@ class Simulator:
                     clipped = crossed_before
             for key in (layer.name, *layer.aliases):
                 spike_times[key] = times
-            records.append(layer_record(layer.name, layer.kind, times, clipped, early))
-            flagged |= per_sample_any(clipped | early)
+            clipped_n, early_n = (mask.reshape(n, -1).sum(axis=1) for mask in (clipped, early))
+            records.append(layer_record(layer.name, layer.kind, times, clipped_n, early_n))
+            flagged |= (clipped_n + early_n) > 0
         assert logits is not None
         return SimulationResult(logits, spike_times, build_report(records), flagged, backend="brian2", meta={})
 
