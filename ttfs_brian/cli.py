@@ -96,6 +96,36 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .training import train
+
+    dataset = load_dataset(args.data, args.data_dir)
+    _, record = train(args.arch, dataset, epochs=args.epochs, seed=args.seed, lr=args.lr, out_dir=args.out,
+                      max_batches=args.max_batches)
+    print(f"{args.arch} on {dataset.name}: test accuracy {record['test_accuracy']:.4f} "
+          f"(train {record['train_accuracy']:.4f}); wrote {args.out}")
+    return 0
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    from .table import MODELS, build_table
+
+    models = [m for m in MODELS if not args.models or m[1] in args.models]
+    table = build_table(args.output, models=models, variants=args.variants, engines=args.engines,
+                        n_test=args.n_test, build_root=args.build_dir)
+    print(table.to_string(index=False))
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .plots import lenet_figures
+
+    for path in lenet_figures(args.output, sample=args.sample, brian=not args.no_brian):
+        print(f"wrote {path}")
+    return 0
+
+
 def _brian_options(args: argparse.Namespace) -> dict:
     if args.backend != "brian2":
         return {}
@@ -141,6 +171,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the logits to this .npy file")
     _add_backend(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("train", help="train a zoo architecture on an offline dataset (deterministic)")
+    p.add_argument("arch", help="fc2, lenet5, vgg_small or digits_net")
+    p.add_argument("--data", default="mnist5k", help="mnist5k (4,000/1,000 split), digits, or cifar10 (--data-dir)")
+    p.add_argument("--data-dir", help="local copy of CIFAR-10 (never downloaded)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--max-batches", type=int, help="cut every epoch short (quick checks)")
+    p.add_argument("--out", default="models", help="folder for the checkpoint and its JSON record")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("table", help="build the conversion table (resumes: rows already in the CSV are kept)")
+    p.add_argument("-o", "--output", type=Path, default=Path("results/conversion_table.csv"))
+    p.add_argument("--models", nargs="*", help="architectures to include (default: all bundled)")
+    p.add_argument("--variants", nargs="*", default=["exact", "sparse"])
+    p.add_argument("--engines", nargs="*", default=["analytic", "precise", "grid"],
+                   help="analytic; precise / grid: Brian2 cpp_standalone")
+    p.add_argument("--n-test", type=int, help="limit the test samples (default: the whole test split)")
+    p.add_argument("--build-dir", type=Path, help="keep the Brian2 standalone projects here")
+    p.set_defaults(func=cmd_table)
+
+    p = sub.add_parser("plot", help="figures of one test digit travelling through the bundled LeNet-5")
+    p.add_argument("-o", "--output", type=Path, default=Path("results/figures"))
+    p.add_argument("--sample", type=int, default=0, help="index of the test digit")
+    p.add_argument("--no-brian", action="store_true", help="analytic spike times only (no Brian2 traces)")
+    p.set_defaults(func=cmd_plot)
     return parser
 
 

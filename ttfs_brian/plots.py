@@ -66,14 +66,97 @@ def activation_scatter(net: TTFSNetwork, result: SimulationResult, reference: np
 def spike_time_histogram(net: TTFSNetwork, result: SimulationResult, path: str | Path) -> Path:
     """Histogram of spike times, one panel per coded layer (input excluded), windows marked."""
     layers = [layer for layer in net.coded_layers() if layer.kind != "input"]
-    fig, axes = plt.subplots(len(layers), 1, figsize=(7, 1.4 * len(layers) + 0.5), sharex=True)
+    fig, axes = plt.subplots(len(layers), 1, figsize=(7, 1.5 * len(layers) + 0.5))
     for ax, layer in zip(np.atleast_1d(axes), layers):
         times = result.spike_times[layer.name].reshape(-1)
         times = times[~np.isnan(times)]
-        ax.hist(times, bins=80, color="tab:blue")
+        margin = 0.03 * (layer.t_max - layer.t_min)
+        ax.hist(times, bins=np.linspace(layer.t_min - margin, layer.t_max + margin, 81), color="tab:blue", log=True)
         ax.axvline(layer.t_min, color="k", lw=0.8)
         ax.axvline(layer.t_max, color="k", lw=0.8, ls="--")
-        ax.set_ylabel(layer.name, rotation=0, ha="right", fontsize=8)
-        ax.set_yticks([])
-    np.atleast_1d(axes)[-1].set_xlabel("spike time (ms); solid: t_min, dashed: t_max (0 value)")
+        ax.set_xlim(layer.t_min - margin, layer.t_max + margin)
+        ax.set_title(f"{layer.name} ({layer.kind})", fontsize=8, loc="left")
+        ax.tick_params(labelsize=7)
+    np.atleast_1d(axes)[-1].set_xlabel("spike time (ms); solid: t_min (largest value), dashed: t_max (value 0)")
+    fig.tight_layout()
     return _save(fig, path)
+
+
+def exact_potential(net: TTFSNetwork, result: SimulationResult, key: str, sample: int, neurons: np.ndarray,
+                    times: np.ndarray) -> np.ndarray:
+    """Membrane potential ``V(t)`` of ``exact`` neurons of a Linear layer, from the input spike times.
+
+    ``V(t) = ((t - t_min(p)) + sum_j J_ij (t - max(t_j, t_min(p)))^+) / tau_c`` for ``t >= t_min(p)``
+    (SPEC section 3), evaluated in closed form at ``times`` (ms); shape ``(len(neurons), len(times))``.
+    """
+    layer = net.layer_for(key)
+    if net.variant != "exact" or layer.kind != "linear" or layer.is_output:
+        raise ValueError("exact_potential draws hidden Linear layers of the exact variant")
+    pred = net.predecessor(layer)
+    arrivals = np.maximum(result.spike_times[pred.name][sample].reshape(-1), pred.t_min)
+    weight = layer.arrays["weight"][neurons]
+    ramps = np.clip(times[None, :] - arrivals[:, None], 0, None)
+    return ((times - pred.t_min)[None, :].clip(0) + weight @ ramps) / net.tau_c
+
+
+def potential_traces(net: TTFSNetwork, result: SimulationResult, key: str, path: str | Path, sample: int = 0,
+                     neurons: np.ndarray | None = None, brian_traces: dict[int, tuple[np.ndarray, np.ndarray]] | None = None
+                     ) -> Path:
+    """Membrane potentials of a few neurons, each divided by its own threshold, spike times marked.
+
+    Solid lines: the closed-form potential; ``brian_traces`` (neuron -> (t_ms, v)) are overlaid as dots.
+    By default the four earliest-firing neurons and one forced at ``t_max`` are drawn.
+    """
+    layer = net.layer_for(key)
+    pred = net.predecessor(layer)
+    if neurons is None:
+        order = np.argsort(result.spike_times[key][sample].reshape(-1))
+        neurons = np.concatenate([order[:4], order[-1:]])
+    times = np.linspace(pred.t_min, layer.t_max, 800)
+    potential = exact_potential(net, result, key, sample, neurons, times)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    colors = plt.cm.tab10(np.arange(len(neurons)))
+    for i, (neuron, color) in enumerate(zip(neurons, colors)):
+        spike = result.spike_times[key][sample].reshape(-1)[neuron]
+        theta = layer.arrays["threshold"].reshape(-1)[neuron]
+        alive = times <= spike
+        ax.plot(times[alive], potential[i, alive] / theta, color=color, lw=1.2,
+                label=f"neuron {neuron} (theta = {theta:.3g})")
+        ax.plot([spike], [1.0], marker="*", color=color, ms=10)
+        if brian_traces and neuron in brian_traces:
+            t_b, v_b = brian_traces[neuron]
+            keep = t_b <= spike
+            ax.plot(t_b[keep][::10], v_b[keep][::10] / theta, ".", color=color, ms=3)
+    ax.axhline(1.0, color="k", ls=":", lw=0.8)
+    for edge, label in ((pred.t_min, "input window opens"), (layer.t_min, "t_min"), (layer.t_max, "t_max")):
+        ax.axvline(edge, color="gray", lw=0.8, ls="--")
+        ax.text(edge, ax.get_ylim()[1], f" {label}", fontsize=7, va="top")
+    ax.set_xlabel("time (ms)")
+    ax.set_ylabel("V / threshold (star: spike)")
+    ax.set_title(f"{key}: membrane potentials of sample {sample} ({net.variant} variant)")
+    ax.legend(fontsize=7, loc="center left")
+    return _save(fig, path)
+
+
+def lenet_figures(out_dir: str | Path, sample: int = 0, brian: bool = False, n: int = 200) -> list[Path]:
+    """The four figures of the bundled LeNet-5 on MNIST test digits (exact variant)."""
+    from . import data, zoo
+    from .analytic import simulate_analytic
+    from .converter import convert
+    from .reference import reference_values
+
+    out_dir = Path(out_dir)
+    model, _ = zoo.load_pretrained("lenet5", "mnist5k")
+    mnist = data.mnist5k()
+    x = mnist.x_test[:n]
+    net = convert(model, mnist.x_train, variant="exact", dt=0.01)
+    result = simulate_analytic(net, x)
+    _, refs = reference_values(net, model, x)
+    paths = [
+        raster(net, result, out_dir / "raster_lenet5.png", sample=sample,
+               title=f"One test digit (label {mnist.y_test[sample]}) through LeNet-5, exact variant"),
+        potential_traces(net, result, "classifier.3", out_dir / "traces_lenet5.png", sample=sample),
+        activation_scatter(net, result, refs["features.6"], "features.6", out_dir / "scatter_lenet5.png"),
+        spike_time_histogram(net, result, out_dir / "histogram_lenet5.png"),
+    ]
+    return paths

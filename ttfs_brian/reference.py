@@ -20,7 +20,8 @@ from .result import SimulationResult
 class Verification:
     """Worst errors per layer and of the logits, and the prediction agreement.
 
-    ``layers`` columns: ``max_abs_err`` (original units), ``max_rel_err`` (relative to the layer's
+    ``layers`` columns: ``max_abs_err`` (original units), ``max_abs_dt_ms`` (spike time against the
+    ideal time ``t_max - scale * activation * tau_c``), ``max_rel_err`` (relative to the layer's
     window), the same over unflagged samples only (``*_unflagged``: any nonzero value there is an
     unflagged difference, i.e. a bug), and ``clipped``/``early_fired`` counts from the engine.
     """
@@ -91,6 +92,7 @@ def verify(net: TTFSNetwork, model: nn.Module, x, result: SimulationResult | Non
             "neurons": layer.size,
             "window_ms": layer.t_max - layer.t_min,
             "max_abs_err": float((err / scale.reshape(1, -1)).max()),
+            "max_abs_dt_ms": float(err.max() * net.tau_c),
             "max_rel_err": float(err.max() / window),
             "max_rel_err_unflagged": float(err[ok].max() / window) if ok.any() else 0.0,
             "clipped": int(report.loc[layer.name, "clipped"]),

@@ -1,0 +1,112 @@
+"""The conversion table: trained ReLU networks, converted, simulated, compared with the ReLU network.
+
+One row per (dataset, model, variant, engine, timing). Rows are appended to the CSV as soon as
+they are measured, and rows already in the CSV are skipped, so an interrupted run resumes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import pandas as pd
+
+from . import data as datasets
+from . import zoo
+from .converter import convert
+from .cost import relu_macs, synaptic_events
+from .reference import verify
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ["dataset", "model", "variant", "engine", "device", "timing", "dt", "n_test", "relu_acc", "snn_acc",
+           "agreement", "flagged", "max_abs_dt_ms", "max_logit_err", "spikes_per_neuron",
+           "synaptic_events_per_image", "relu_macs_per_image", "wall_s_per_image", "compile_s"]
+KEY = ["dataset", "model", "variant", "engine", "timing"]
+
+MODELS = [("mnist5k", "fc2"), ("mnist5k", "lenet5"), ("mnist5k", "vgg_small"), ("digits", "digits_net")]
+
+
+@dataclass(frozen=True)
+class Engine:
+    """How to run a converted network: ``analytic``, or Brian2 on ``device`` with ``timing`` and ``dt``."""
+
+    name: str
+    device: str = ""
+    timing: str = ""
+    dt: float | None = None
+    subset: int | None = None  # test samples used (None: the whole test split)
+
+
+ENGINES = {
+    "analytic": Engine("analytic"),
+    "precise": Engine("brian2", "cpp_standalone", "precise", 0.05),
+    "grid": Engine("brian2", "cpp_standalone", "grid", 0.001, subset=100),
+}
+
+
+def run_row(dataset: str, arch: str, variant: str, engine: Engine, *, models_dir: Path = zoo.MODELS_DIR,
+            n_test: int | None = None, build_root: Path | None = None) -> dict:
+    """Convert one bundled model, simulate its test split with ``engine``, and measure everything."""
+    model, record = zoo.load_pretrained(arch, dataset, models_dir)
+    data = datasets.load_dataset(dataset)
+    limit = min(x for x in (n_test, engine.subset, len(data.x_test)) if x is not None)
+    x, y = data.x_test[:limit], data.y_test[:limit]
+    net = convert(model, data.x_train, variant=variant, dt=engine.dt)
+    compile_s = 0.0
+    started = time.perf_counter()
+    if engine.name == "analytic":
+        from .analytic import simulate_analytic
+        result = simulate_analytic(net, x)
+    else:
+        from .brian import Simulator
+        build_dir = None if build_root is None else Path(build_root) / f"{dataset}_{arch}_{variant}_{engine.timing}"
+        sim = Simulator(net, device=engine.device, timing=engine.timing, dt=engine.dt, build_dir=build_dir)
+        result = sim.run(x)
+        compile_s = result.meta.get("compile_s", 0.0)
+    wall = time.perf_counter() - started
+    check = verify(net, model, x, result)
+    report = result.report[result.report["kind"] != "input"]
+    return {
+        "dataset": dataset, "model": arch, "variant": variant, "engine": engine.name, "device": engine.device or "-",
+        "timing": engine.timing or "-", "dt": engine.dt if engine.dt is not None else np.nan, "n_test": len(x),
+        "relu_acc": _relu_accuracy(model, x, y), "snn_acc": float((result.predictions == y).mean()),
+        "agreement": check.agreement, "flagged": check.flagged_samples,
+        "max_abs_dt_ms": float(check.layers["max_abs_dt_ms"].max()), "max_logit_err": check.logit_max_abs_err,
+        "spikes_per_neuron": float(report["spikes"].sum() / (report["neurons"].sum() * len(x))),
+        "synaptic_events_per_image": synaptic_events(net, result) / len(x),
+        "relu_macs_per_image": relu_macs(net), "wall_s_per_image": wall / len(x), "compile_s": compile_s,
+    }
+
+
+def _relu_accuracy(model, x: np.ndarray, y: np.ndarray) -> float:
+    import torch
+
+    with torch.no_grad():
+        return float((model.eval()(torch.as_tensor(x)).argmax(1).numpy() == y).mean())
+
+
+def build_table(out: Path, *, models: Iterable[tuple[str, str]] = MODELS, variants: Iterable[str] = ("exact", "sparse"),
+                engines: Iterable[str] = ("analytic", "precise", "grid"), models_dir: Path = zoo.MODELS_DIR,
+                n_test: int | None = None, build_root: Path | None = None) -> pd.DataFrame:
+    """Measure every missing row and append it to ``out`` (CSV); returns the whole table."""
+    from tqdm import tqdm
+
+    out = Path(out)
+    done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=COLUMNS)
+    seen = {tuple(row) for row in done[KEY].astype(str).itertuples(index=False)}
+    todo = [(ds, arch, variant, ENGINES[name]) for ds, arch in models for variant in variants for name in engines]
+    for ds, arch, variant, engine in tqdm(todo, desc="conversion table"):
+        key = (ds, arch, variant, engine.name, engine.timing or "-")
+        if key in seen:
+            log.info("skipping %s (already in %s)", key, out)
+            continue
+        row = run_row(ds, arch, variant, engine, models_dir=models_dir, n_test=n_test, build_root=build_root)
+        log.info("%s: agreement %.4f, snn_acc %.4f, max |dt| %.2e ms", key, row["agreement"], row["snn_acc"],
+                 row["max_abs_dt_ms"])
+        pd.DataFrame([row], columns=COLUMNS).to_csv(out, mode="a", header=not out.exists() or out.stat().st_size == 0,
+                                                    index=False)
+    return pd.read_csv(out)
