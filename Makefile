@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test demo bench results clean
 
 venv: $(STAMP)
 
@@ -21,6 +21,9 @@ demo: venv
 
 bench: venv
 	$(PY) experiments/bench_analytic.py
+
+results: venv
+	$(PY) experiments/conversion_table.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -110,3 +110,31 @@ def build_table(out: Path, *, models: Iterable[tuple[str, str]] = MODELS, varian
         pd.DataFrame([row], columns=COLUMNS).to_csv(out, mode="a", header=not out.exists() or out.stat().st_size == 0,
                                                     index=False)
     return pd.read_csv(out)
+
+
+def results_index(table: pd.DataFrame, figures: Iterable[Path], out: Path, commands: Iterable[str],
+                  notes: Iterable[str] = ()) -> Path:
+    """``results/README.md``: the conversion table as Markdown, the commands that made it, the figures."""
+    shown = table.copy()
+    for column in ("max_abs_dt_ms", "max_logit_err"):
+        shown[column] = shown[column].map(lambda v: f"{v:.1e}")
+    for column in ("relu_acc", "snn_acc", "agreement", "spikes_per_neuron"):
+        shown[column] = shown[column].map(lambda v: f"{v:.4f}")
+    shown["synaptic_events_per_image"] = shown["synaptic_events_per_image"].map(lambda v: f"{v:,.0f}")
+    shown["relu_macs_per_image"] = shown["relu_macs_per_image"].map(lambda v: f"{v:,.0f}")
+    shown["wall_s_per_image"] = shown["wall_s_per_image"].map(lambda v: f"{v * 1e3:.2f} ms")
+    shown = shown.rename(columns={"wall_s_per_image": "wall_per_image"})
+    lines = ["# Results", "", "## Conversion table", "",
+             "Trained ReLU networks (bundled in `models/`), converted with the training images as calibration set "
+             "and evaluated on the test split. `agreement`: fraction of test samples on which the spiking network "
+             "predicts the same class as the ReLU network. `max_abs_dt_ms`: worst difference between a spike time "
+             "and the time that encodes the ReLU activation exactly. `flagged`: samples in which the engine "
+             "counted clipping or early firing.", "", shown.to_markdown(index=False), ""]
+    if notes:
+        lines += ["### Notes", "", *[f"- {note}" for note in notes], ""]
+    lines += ["## Commands", "", "```bash", *commands, "```", "", "## Figures", ""]
+    for path in figures:
+        path = Path(path)
+        lines += [f"![{path.stem}](figures/{path.name})", ""]
+    out.write_text("\n".join(lines))
+    return out

@@ -1,0 +1,47 @@
+"""The paper's headline table, reproduced on data that ship offline.
+
+For every bundled (model, variant): convert with the training images as calibration set, then run the
+test split through the analytic engine and Brian2 (cpp_standalone, precise timing), and a subset
+through Brian2 with grid timing. Rows are appended to ``results/conversion_table.csv`` as they are
+measured (an interrupted run resumes); ``results/README.md`` and ``results/figures/`` are rewritten.
+
+    python experiments/conversion_table.py            # or: make results
+    python experiments/conversion_table.py --engines analytic --models lenet5
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ttfs_brian.plots import lenet_figures
+from ttfs_brian.table import MODELS, build_table, results_index
+
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", help="architectures (default: all bundled)")
+    parser.add_argument("--variants", nargs="*", default=["exact", "sparse"])
+    parser.add_argument("--engines", nargs="*", default=["analytic", "precise", "grid"])
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    models = [m for m in MODELS if not args.models or m[1] in args.models]
+    table = build_table(args.out / "conversion_table.csv", models=models, variants=args.variants,
+                        engines=args.engines)
+    figures = lenet_figures(args.out / "figures")
+    flagged = table[table["flagged"] > 0]
+    notes = [f"{r.model} {r.variant} ({r.engine} {r.timing}): {r.flagged} flagged samples; agreement {r.agreement:.4f}"
+             for r in flagged.itertuples()] or ["No row was flagged: every engine reproduced every prediction."]
+    results_index(table, figures, args.out / "README.md", notes=notes, commands=[
+        "python experiments/conversion_table.py   # this table and the figures (make results)",
+        "python experiments/bench_analytic.py     # analytic engine vs torch forward",
+    ])
+    logging.info("wrote %s", args.out / "README.md")
+
+
+if __name__ == "__main__":
+    main()
