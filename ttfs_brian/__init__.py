@@ -13,7 +13,7 @@ import numpy as np
 from .errors import ConversionError, NetworkFileError, UnsupportedModuleError
 from .network import TTFSNetwork, load
 
-__all__ = ["convert", "simulate", "load", "verify", "TTFSNetwork", "SimulationResult",
+__all__ = ["convert", "simulate", "load", "verify", "compare", "TTFSNetwork", "SimulationResult",
            "ConversionError", "UnsupportedModuleError", "NetworkFileError"]
 __version__ = "0.1.0"
 
@@ -53,3 +53,9 @@ def verify(net: TTFSNetwork, model, x, result=None):
     """Per-layer worst error of ``result`` (default: the analytic engine) against the float64 ReLU network."""
     from .reference import verify as _verify
     return _verify(net, model, x, result)
+
+
+def compare(res_a, res_b):
+    """See :func:`ttfs_brian.comparison.compare`: spike-by-spike differences between two results."""
+    from .comparison import compare as _compare
+    return _compare(res_a, res_b)

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .converter import as_float64_array
 from .graph import conv_attrs, signed_max_pool
 from .network import Layer, TTFSNetwork
 from .result import SimulationResult, build_report, layer_record
+from .validation import validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +48,6 @@ def weight_sum(layer: Layer, weight: torch.Tensor) -> torch.Tensor:
     """Per-neuron sum of the incoming weights, zero-padded inputs included, shaped like the layer."""
     sums = weight.reshape(weight.shape[0], -1).sum(dim=1)
     return sums.reshape((-1,) + (1,) * (len(layer.shape) - 1)).expand(layer.shape)
-
-
-def validate_inputs(net: TTFSNetwork, x: np.ndarray | torch.Tensor) -> np.ndarray:
-    """Inputs as float64 ``(N, *input_shape)``; NaN, Inf and wrong shapes are errors."""
-    array = as_float64_array(x, "input data")
-    shape = net.input_shape
-    if array.shape[1:] != tuple(shape):
-        hint = " (a single sample? add a batch dimension: x[None])" if array.shape == tuple(shape) else ""
-        raise ValueError(f"inputs have shape {array.shape}; the network expects (N, {', '.join(map(str, shape))}){hint}")
-    return array
 
 
 def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor) -> SimulationResult:

@@ -14,6 +14,7 @@ from .capture import capture, record_activations
 from .errors import ConversionError
 from .graph import Graph, Op, forward, output_op
 from .network import VARIANTS, Layer, TTFSNetwork
+from .validation import as_float64_array
 
 log = logging.getLogger(__name__)
 
@@ -21,17 +22,6 @@ DEAD_LAYER_WINDOW = 1e-3
 """Window length (units of tau_c) given to a layer that never fired on the calibration set."""
 
 CALIBRATION_BATCH = 512
-
-
-def as_float64_array(data: np.ndarray | torch.Tensor, what: str) -> np.ndarray:
-    """``data`` as a float64 NumPy array, rejecting NaN and Inf with a message naming ``what``."""
-    if isinstance(data, torch.Tensor):
-        data = data.detach().cpu().numpy()
-    array = np.asarray(data, dtype=np.float64)
-    bad = np.count_nonzero(~np.isfinite(array))
-    if bad:
-        raise ValueError(f"{what} contains {bad} NaN or Inf values; remove or impute them before conversion")
-    return array
 
 
 def convert(model: nn.Module, calibration: np.ndarray | torch.Tensor, *, variant: str = "exact",

@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .analytic import validate_inputs
 from .capture import record_activations
 from .graph import signed_max_pool
 from .network import TTFSNetwork
 from .result import SimulationResult
+from .validation import validate_inputs
 
 
 @dataclass
