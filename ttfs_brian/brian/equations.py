@@ -46,9 +46,13 @@ later; the back-extrapolation still lands on the exact time (hence the lower cli
 correction; a spike is stamped with the step start ``t`` and acts from the next step on, so the
 error grows by up to one ``dt`` per layer.
 
-Symbols shared with the simulator, all in the groups' namespaces: ``tau_c``, ``t_on``, ``t_off``,
-``t_late``, ``t_fire`` (earliest allowed firing), ``t_max``, ``tol`` (a fraction of ``dt`` used only
-to compare times that are equal in exact arithmetic) and ``t_never`` (a finite "infinity").
+Per-layer times are shared (scalar) variables of each group: ``tau_c``, ``t_on``, ``t_off``,
+``t_late``, ``t_fire`` (earliest allowed firing) and ``t_max``. They are variables, not namespace
+constants, because Brian2 folds namespace constants into the generated code as literals: every new
+network would then be recompiled by the Cython runtime target; as variables, networks of the same
+structure share compiled code. Only network-independent constants live in the namespace: ``tol``
+(a fraction of ``dt`` used only to compare times that are equal in exact arithmetic) and
+``t_never`` (a finite "infinity").
 """
 from __future__ import annotations
 
@@ -80,6 +84,12 @@ theta : 1 (constant)
 t_spike : second
 t_raw : second
 spiked : boolean
+tau_c : second (constant, shared)
+t_on : second (constant, shared)
+t_off : second (constant, shared)
+t_late : second (constant, shared)
+t_fire : second (constant, shared)
+t_max : second (constant, shared)
 """
 """``rate`` is the slope of ``v`` (per tau_c) at the end of the step, with the gates evaluated just
 before ``t + dt``; ``t_cross`` is where the line through ``v(t + dt)`` with that slope meets ``theta``
@@ -90,6 +100,9 @@ dv/dt = (alpha + I) * f_in / tau_c : 1
 f_in = {_gate('t_on', 't_off')} : 1
 I : 1
 alpha : 1 (constant)
+tau_c : second (constant, shared)
+t_on : second (constant, shared)
+t_off : second (constant, shared)
 """
 """The output layer: no threshold; ``v`` stops at ``t_off = t_min(out)`` and is the logit
 (plus ``bias`` in ``sparse``, added when reading out)."""
@@ -147,8 +160,9 @@ SYNAPSE_MODEL = "w : 1 (constant)"
 
 ON_PRE_INTEGRATOR = {
     # I_post += w: the slope from the next step on; v_post += ...: the part of the current step
-    # after the spike, inside the target's input gate [t_on, t_off] (the target's constants).
-    "precise": "I_post += w\nv_post += w * (clip(t + dt, t_on, t_off) - clip(t_spike_pre, t_on, t_off)) / tau_c",
+    # after the spike, inside the target's input gate [t_on, t_off].
+    "precise": ("I_post += w\n"
+                "v_post += w * (clip(t + dt, t_on_post, t_off_post) - clip(t_spike_pre, t_on_post, t_off_post)) / tau_c_post"),
     "grid": "I_post += w",
 }
 

@@ -28,8 +28,9 @@ runtime (Cython)       0.27        0.041       0.011
 cpp_standalone         0.049       0.016       0.008
 =====================  ==========  ==========  ===========
 
-``R = 1`` run ``N`` times is an upper bound on time-multiplexing's cost (same number of steps per
-sample, no reset code). ``R`` is bounded by ``max_synapses`` (memory: tens of bytes per synapse).
+``R = 1`` run ``N`` times stands in for time-multiplexing (the same number of time steps per
+sample; time-multiplexing would save the per-run start-up, ~5 ms in standalone, but add reset code
+to every step). ``R`` is bounded by ``max_synapses`` (memory: tens of bytes per synapse).
 
 **Devices.** ``runtime`` builds the Brian2 objects once and restores their initial state before
 each chunk (``Network.store``/``restore``). ``cpp_standalone`` generates and compiles one project
@@ -44,7 +45,6 @@ import contextlib
 import logging
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
@@ -66,9 +66,6 @@ DEVICES = ("runtime", "cpp_standalone", "cuda_standalone")
 DEFAULT_MAX_SYNAPSES = 20_000_000
 """Upper bound on synapses in one compiled network (all replicas), which bounds the chunk size ``R``."""
 
-_instances = 0
-
-
 class _PoolOrderFilter(logging.Filter):
     """Drop Brian2's "order of execution" warning for the pool synapses only.
 
@@ -83,9 +80,16 @@ class _PoolOrderFilter(logging.Filter):
 logging.getLogger("brian2.codegen.generators.base").addFilter(_PoolOrderFilter())
 
 
-def _identifier(text: str) -> str:
-    """A Brian2 object name from a layer name (``features.0`` -> ``features_0``)."""
-    return re.sub(r"\W", "_", text)
+def _object_name(index: int, role: str) -> str:
+    """Brian2 name of the group of stage ``index``.
+
+    Names depend on the network's structure only (not on layer names or the simulator instance):
+    Brian2's Cython target puts object names into the generated code, so equal names let every
+    network of the same structure reuse the compiled (cached) code instead of compiling anew.
+    Equal names in different simulators do not clash: each simulator has its own ``Network``
+    (and, in standalone mode, its own device).
+    """
+    return f"ttfs_{index}_{role}"
 
 
 @dataclass
@@ -99,7 +103,7 @@ class _Stage:
     group: Any = None
     synapses: Any = None
     params: dict[str, np.ndarray] = field(default_factory=dict)
-    namespace: dict[str, Any] = field(default_factory=dict)
+    shared: dict[str, float] = field(default_factory=dict)  # per-layer times in ms
 
 
 class Simulator:
@@ -136,7 +140,6 @@ class Simulator:
                  threads: int | None = None, build_dir: str | os.PathLike | None = None,
                  batch_size: int | None = None, max_synapses: int = DEFAULT_MAX_SYNAPSES,
                  codegen_target: str | None = None) -> None:
-        global _instances
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
         if timing not in eq.TIMINGS:
@@ -168,8 +171,6 @@ class Simulator:
         self._device_obj = None
         self._build_s = 0.0
         self._compile_s = 0.0
-        _instances += 1
-        self._prefix = f"ttfs{_instances}"
         self._check_alignment()
 
     # ------------------------------------------------------------------ structure
@@ -205,71 +206,66 @@ class Simulator:
 
     # ------------------------------------------------------------------ parameters per stage
     def _parameters(self, stage: _Stage) -> None:
-        """Per-neuron arrays and namespace constants of one stage (see the table in equations.py)."""
-        import brian2 as b2
-
+        """Per-neuron arrays and per-layer (shared) times of one stage (see the table in equations.py)."""
         net, layer, pred = self.net, stage.layer, stage.pred
-        ms = b2.ms
-        never = eq.NEVER_MS * ms
-        common = {"tau_c": net.tau_c * ms, "tol": eq.TOL, "t_never": never}
         size = layer.size
-        if stage.role == "input":
-            stage.namespace = dict(common)
-        elif stage.role == "pool":
+        if stage.role == "pool":
             sign = np.repeat(np.asarray(layer.arrays["sign"], dtype=np.float64), size // len(layer.arrays["sign"]))
             stage.params = {"pool_sign": sign, "need": np.where(sign > 0, 1.0, stage.conn.fan_in.astype(np.float64))}
-            stage.namespace = dict(common)
         elif stage.role == "hidden":
             theta = np.asarray(layer.arrays["threshold"], dtype=np.float64).reshape(-1)
             theta = np.broadcast_to(theta, (size,)).copy()
             if net.variant == "exact":
                 stage.params = {"alpha": np.ones(size), "beta": stage.conn.pad_sum.copy(), "theta": theta}
-                window = {"t_on": pred.t_min * ms, "t_off": never, "t_fire": pred.t_min * ms}
+                stage.shared = {"t_on": pred.t_min, "t_off": eq.NEVER_MS, "t_fire": pred.t_min}
             else:
                 stage.params = {"alpha": np.zeros(size), "beta": np.ones(size), "theta": theta}
-                window = {"t_on": pred.t_min * ms, "t_off": layer.t_min * ms, "t_fire": layer.t_min * ms}
-            stage.namespace = {**common, **window, "t_late": layer.t_min * ms, "t_max": layer.t_max * ms}
-        else:  # output
+                stage.shared = {"t_on": pred.t_min, "t_off": layer.t_min, "t_fire": layer.t_min}
+            stage.shared.update(tau_c=net.tau_c, t_late=layer.t_min, t_max=layer.t_max)
+        elif stage.role == "output":
             if net.variant == "exact":
                 alpha = np.broadcast_to(np.asarray(layer.arrays["drive"], dtype=np.float64).reshape(-1), (size,))
             else:
                 alpha = np.zeros(size)
             stage.params = {"alpha": np.array(alpha)}
-            stage.namespace = {**common, "t_on": pred.t_min * ms, "t_off": layer.t_min * ms}
+            stage.shared = {"tau_c": net.tau_c, "t_on": pred.t_min, "t_off": layer.t_min}
 
     # ------------------------------------------------------------------ building
     def _make_objects(self, replicas: int) -> Any:
         """Create the Brian2 groups and synapses for ``replicas`` samples side by side; returns the Network."""
         import brian2 as b2
 
-        clock = b2.Clock(dt=self.dt * b2.ms, name=f"{self._prefix}_clock")
+        clock = b2.Clock(dt=self.dt * b2.ms, name="ttfs_clock")
+        namespace = {"tol": eq.TOL, "t_never": eq.NEVER_MS * b2.ms}
         objects = []
         stages_by_name = {}
         for k, stage in enumerate(self._stages):
             self._parameters(stage)
-            name = f"{self._prefix}_{k}_{_identifier(stage.layer.name)}"
+            name = _object_name(k, stage.role)
             n = replicas * stage.layer.size
             if stage.role == "input":
                 group = b2.NeuronGroup(n, eq.INPUT_MODEL, threshold=eq.INPUT_THRESHOLD,
                                        reset=eq.INPUT_RESET[self.timing], clock=clock,
-                                       namespace=stage.namespace, name=name)
+                                       namespace=namespace, name=name)
                 group.t_in = eq.NEVER_MS * b2.ms
             elif stage.role == "pool":
                 group = b2.NeuronGroup(n, eq.POOL_MODEL, threshold=eq.POOL_THRESHOLD,
                                        reset=eq.POOL_RESET[self.timing], clock=clock,
-                                       namespace=stage.namespace, name=name)
+                                       namespace=namespace, name=name)
                 group.t_first = eq.NEVER_MS * b2.ms
                 group.t_last = -eq.NEVER_MS * b2.ms
             elif stage.role == "hidden":
                 threshold = eq.EXACT_THRESHOLD if self.net.variant == "exact" else eq.SPARSE_THRESHOLD[self.timing]
                 group = b2.NeuronGroup(n, eq.INTEGRATOR_MODEL, threshold=threshold,
                                        reset=eq.INTEGRATOR_RESET[self.timing], method="euler", clock=clock,
-                                       namespace=stage.namespace, name=name)
+                                       namespace=namespace, name=name)
             else:
                 group = b2.NeuronGroup(n, eq.OUTPUT_MODEL, method="euler", clock=clock,
-                                       namespace=stage.namespace, name=name)
+                                       namespace=namespace, name=name)
             for key, value in stage.params.items():
                 setattr(group, key, np.tile(value, replicas))
+            for key, value in stage.shared.items():
+                setattr(group, key, value * b2.ms)
             stage.group = group
             objects.append(group)
             stages_by_name[stage.layer.name] = stage
@@ -279,11 +275,11 @@ class Simulator:
             pre, post, weight = conn_mod.replicate(stage.conn, replicas)
             if stage.role == "pool":
                 synapses = b2.Synapses(source, group, on_pre=eq.ON_PRE_POOL, clock=clock,
-                                       namespace=stage.namespace, name=f"{name}_syn")
+                                       namespace=namespace, name=f"{name}_syn")
             else:
                 synapses = b2.Synapses(source, group, model=eq.SYNAPSE_MODEL,
                                        on_pre=eq.ON_PRE_INTEGRATOR[self.timing], clock=clock,
-                                       namespace=stage.namespace, name=f"{name}_syn")
+                                       namespace=namespace, name=f"{name}_syn")
             # After the resets, so that the presynaptic t_spike is already set (SPEC section 6).
             synapses.pre.when = "after_resets"
             if pre.size:
@@ -292,7 +288,7 @@ class Simulator:
                     synapses.w = weight
             stage.synapses = synapses
             objects.append(synapses)
-        return b2.Network(*objects, name=f"{self._prefix}_network")
+        return b2.Network(*objects, name="ttfs_network")
 
     @contextlib.contextmanager
     def _activate_device(self) -> Iterator[Any]:
