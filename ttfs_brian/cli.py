@@ -102,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     dataset = load_dataset(args.data, args.data_dir)
     _, record = train(args.arch, dataset, epochs=args.epochs, seed=args.seed, lr=args.lr, out_dir=args.out,
-                      max_batches=args.max_batches)
+                      max_batches=args.max_batches, shift=args.shift)
     print(f"{args.arch} on {dataset.name}: test accuracy {record['test_accuracy']:.4f} "
           f"(train {record['train_accuracy']:.4f}); wrote {args.out}")
     return 0
@@ -180,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--max-batches", type=int, help="cut every epoch short (quick checks)")
+    p.add_argument("--shift", type=int, default=0, help="augment with random translations of up to SHIFT pixels")
     p.add_argument("--out", default="models", help="folder for the checkpoint and its JSON record")
     p.set_defaults(func=cmd_train)
 

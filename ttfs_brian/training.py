@@ -23,10 +23,20 @@ def accuracy(model: nn.Module, x: np.ndarray, y: np.ndarray, batch: int = 500) -
     return float((preds.numpy() == y).mean())
 
 
+def translate(images: torch.Tensor, dy: int, dx: int) -> torch.Tensor:
+    """Shift a batch of images by ``(dy, dx)`` pixels, filling with zeros."""
+    out = torch.zeros_like(images)
+    h, w = images.shape[-2:]
+    out[..., max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        images[..., max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return out
+
+
 def train(arch: str, data: Dataset, *, epochs: int = 10, seed: int = 0, lr: float = 2e-3, batch_size: int = 64,
-          out_dir: Path | None = None, max_batches: int | None = None) -> tuple[nn.Module, dict]:
+          out_dir: Path | None = None, max_batches: int | None = None, shift: int = 0) -> tuple[nn.Module, dict]:
     """Train ``arch`` with Adam and a cosine schedule; deterministic for a given seed.
 
+    ``shift`` > 0 augments each batch by a random translation of up to ``shift`` pixels (zero fill).
     Writes ``<arch>_<dataset>.pt`` and ``.json`` to ``out_dir`` when given. ``max_batches`` cuts each
     epoch short (for tests).
     """
@@ -45,7 +55,10 @@ def train(arch: str, data: Dataset, *, epochs: int = 10, seed: int = 0, lr: floa
         bar = tqdm(range(steps_per_epoch), desc=f"{arch} epoch {epoch + 1}/{epochs}", leave=False)
         for step in bar:
             idx = order[step * batch_size:(step + 1) * batch_size]
-            loss = nn.functional.cross_entropy(model(x_train[idx]), y_train[idx])
+            batch = x_train[idx]
+            if shift:
+                batch = translate(batch, *rng.integers(-shift, shift + 1, size=2))
+            loss = nn.functional.cross_entropy(model(batch), y_train[idx])
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -54,7 +67,7 @@ def train(arch: str, data: Dataset, *, epochs: int = 10, seed: int = 0, lr: floa
         log.info("%s epoch %d: test accuracy %.4f", arch, epoch + 1, accuracy(model, data.x_test, data.y_test))
     model.eval()
     record = {"arch": arch, "dataset": data.name, "seed": seed, "split_seed": SPLIT_SEED, "epochs": epochs,
-              "lr": lr, "batch_size": batch_size, "n_train": len(data.x_train), "n_test": len(data.x_test),
+              "lr": lr, "batch_size": batch_size, "shift": shift, "n_train": len(data.x_train), "n_test": len(data.x_test),
               "test_accuracy": accuracy(model, data.x_test, data.y_test),
               "train_accuracy": accuracy(model, data.x_train, data.y_train)}
     if out_dir is not None:

@@ -1,0 +1,90 @@
+"""Brian2 on LeNet-5: runtime and cpp_standalone, precise and grid timing, against the analytic engine.
+
+For each configuration: build (network construction), compile (standalone code generation and C++
+compilation), run time, per-image time (amortized, compilation included), spikes and synaptic
+events per image, and the ratio to the analytic engine's per-image time measured in the same run.
+Spike times are compared with the analytic engine (max |dt|, spikes only in one of them, prediction
+agreement). Rows are appended to ``results/bench_brian2.csv`` as they finish (reruns skip done rows).
+
+    python experiments/bench_brian2.py [--images 1000] [--runtime-images 100]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+import ttfs_brian
+from ttfs_brian import data, zoo
+from ttfs_brian.analytic import simulate_analytic
+from ttfs_brian.brian import Simulator
+from ttfs_brian.cost import synaptic_events
+
+log = logging.getLogger("bench_brian2")
+RESULTS = Path(__file__).resolve().parent.parent / "results"
+KEY = ["variant", "device", "timing", "dt", "images"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", type=int, default=1000, help="test images for cpp_standalone")
+    parser.add_argument("--runtime-images", type=int, default=100, help="test images for the runtime device")
+    parser.add_argument("--variants", nargs="*", default=["exact", "sparse"])
+    parser.add_argument("--precise-dt", type=float, default=0.05)
+    parser.add_argument("--grid-dt", type=float, default=0.01)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OpenMP threads (cpp_standalone)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "bench_brian2.csv")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    model, _ = zoo.load_pretrained("lenet5", "mnist5k")
+    mnist = data.mnist5k()
+    done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame(columns=KEY)
+    seen = {tuple(str(v) for v in row) for row in done[KEY].itertuples(index=False)}
+    configs = [(variant, device, timing, dt, n)
+               for variant in args.variants
+               for device, n in (("cpp_standalone", args.images), ("runtime", args.runtime_images))
+               for timing, dt in (("precise", args.precise_dt), ("grid", args.grid_dt))]
+    for variant, device, timing, dt, n in configs:
+        if (variant, device, timing, str(dt), str(n)) in seen:
+            log.info("skipping %s %s %s dt=%s (done)", variant, device, timing, dt)
+            continue
+        x = mnist.x_test[:n]
+        net = ttfs_brian.convert(model, mnist.x_train, variant=variant, dt=dt)
+        start = time.perf_counter()
+        reference = simulate_analytic(net, x)
+        analytic_s = time.perf_counter() - start
+        start = time.perf_counter()
+        sim = Simulator(net, device=device, timing=timing, dt=dt,
+                        threads=args.threads if device == "cpp_standalone" else None)
+        result = sim.run(x)
+        total_s = time.perf_counter() - start
+        diff = ttfs_brian.compare(reference, result)
+        layers = diff[diff["layer"] != "logits"]
+        report = result.report[result.report["kind"] != "input"]
+        row = {
+            "variant": variant, "device": device, "timing": timing, "dt": dt, "images": n,
+            "threads": args.threads if device == "cpp_standalone" else 1,
+            "replicas": result.meta.get("replicas"), "n_synapses": result.meta.get("n_synapses"),
+            "build_s": result.meta["build_s"], "compile_s": result.meta["compile_s"], "run_s": result.meta["run_s"],
+            "total_s": total_s, "per_image_ms": 1e3 * total_s / n,
+            "analytic_per_image_ms": 1e3 * analytic_s / n, "ratio_to_analytic": total_s / analytic_s,
+            "spikes_per_image": float(report["spikes"].sum() / n),
+            "synaptic_events_per_image": synaptic_events(net, result) / n,
+            "max_abs_dt_ms": float(layers["max_abs_dt_ms"].max()),
+            "spikes_only_brian2": int(layers["spikes_only_b"].sum()),
+            "spikes_only_analytic": int(layers["spikes_only_a"].sum()),
+            "logit_max_rel_err": float(diff["logit_max_rel_err"].iloc[-1]),
+            "agreement_with_analytic": diff.attrs["agreement"],
+        }
+        log.info("%s", row)
+        pd.DataFrame([row]).to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
+    log.info("wrote %s\n%s", args.out, pd.read_csv(args.out).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
