@@ -100,6 +100,16 @@ def test_precise_convnet_with_pools_matches_analytic(variant, data):
         assert any(np.isnan(t).any() for t in b.spike_times.values())  # silence is exercised
 
 
+@pytest.mark.parametrize("variant", ["exact", "sparse"])
+def test_precise_with_windows_off_the_grid(variant, data):
+    """Gates integrate the exact fraction of a step, so unaligned windows stay exact (to rounding)."""
+    net = convert(mlp(), data["mlp_calib"], variant=variant, dt=None)
+    edges = np.array([t for layer in net.layers.values() for t in (layer.t_min, layer.t_max)])
+    assert np.any(np.abs(edges / 0.01 - np.round(edges / 0.01)) > 1e-3)  # really off the grid
+    a = simulate_analytic(net, data["mlp_x"])
+    assert_same(a, Simulator(net, timing="precise", dt=0.01, codegen_target="numpy").run(data["mlp_x"]))
+
+
 def test_grid_timing_is_plain_brian_with_dt_errors(data):
     net = convert(mlp(), data["mlp_calib"], variant="exact", dt=0.01)
     a = simulate_analytic(net, data["mlp_x"])

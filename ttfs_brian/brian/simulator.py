@@ -192,13 +192,19 @@ class Simulator:
         return sum(stage.conn.n_synapses for stage in self._stages if stage.conn is not None)
 
     def _check_alignment(self) -> None:
-        """Warn when window edges are off the dt grid: precise timing is then exact only away from them."""
+        """Note window edges off the dt grid.
+
+        The gates integrate the exact fraction of a step inside a window, so ``v`` stays exact at
+        every step end wherever the edges lie; only a crossing less than one step after an edge at
+        which the slope changes (sparse: ``t_min``; exact: the padding current at ``t_min``) is
+        back-extrapolated with the slope after the edge.
+        """
         edges = np.array([t for layer in self.net.layers.values() for t in (layer.t_min, layer.t_max)])
         off = np.abs(edges / self.dt - np.round(edges / self.dt)) > 1e-6
         if off.any() and self.timing == "precise":
-            log.warning("%d window edges are not multiples of dt = %g ms; spike times may deviate from the "
-                        "analytic ones by up to dt for neurons that fire within one step of an edge "
-                        "(convert with dt=%g to align them)", int(off.sum()), self.dt, self.dt)
+            log.info("%d window edges are not multiples of dt = %g ms; a neuron crossing its threshold less "
+                     "than one step after an edge where its slope changes may be off by up to dt (convert with "
+                     "dt=%g to align the windows)", int(off.sum()), self.dt, self.dt)
 
     def duration_ms(self) -> float:
         """Simulated time: up to the readout, plus one step of delivery latency per layer and a margin."""
@@ -428,6 +434,8 @@ class Simulator:
 
         data = validate_inputs(self.net, x)
         n = data.shape[0]
+        if n == 0:
+            raise ValueError("empty batch: x has 0 samples")
         t_in, input_clipped = self._encode(data)
         if not self.compiled:
             cap = max(1, self.max_synapses // max(1, self.synapses_per_sample))
