@@ -430,7 +430,7 @@ class Simulator:
 
     def run(self, x: np.ndarray) -> SimulationResult:
         """Simulate a batch ``x`` of shape ``(N, *input_shape)`` (raw inputs, as for the ReLU network)."""
-        from ..analytic import validate_inputs
+        from ..validation import validate_inputs
 
         data = validate_inputs(self.net, x)
         n = data.shape[0]
