@@ -126,6 +126,19 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from .brian import Simulator
+    from .network import load
+
+    net = load(args.network)
+    sim = Simulator(net, device=args.device, timing=args.timing, dt=args.dt, build_dir=args.build_dir,
+                    compute_capability=args.compute_capability)
+    sim.build(args.batch)
+    print(f"built {args.device} ({args.timing}, dt={args.dt} ms) for {sim.replicas} samples in {sim.build_dir}: "
+          f"{sim.synapses_per_sample} synapses per sample, compile {sim.compile_s:.1f} s")
+    return 0
+
+
 def _brian_options(args: argparse.Namespace) -> dict:
     if args.backend != "brian2":
         return {}
@@ -171,6 +184,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="write the logits to this .npy file")
     _add_backend(p)
     p.set_defaults(func=cmd_simulate)
+
+    p = sub.add_parser("build", help="generate and compile a Brian2 standalone project without running it "
+                                      "(e.g. cuda_standalone on a machine without a GPU)")
+    p.add_argument("network")
+    p.add_argument("--device", default="cuda_standalone", choices=["cpp_standalone", "cuda_standalone"])
+    p.add_argument("--timing", default="precise", choices=["precise", "grid"])
+    p.add_argument("--dt", type=float, default=0.01)
+    p.add_argument("--batch", type=int, default=1, help="samples simulated side by side")
+    p.add_argument("--build-dir", required=True, help="folder of the generated project")
+    p.add_argument("--compute-capability", type=float, help="GPU architecture when no GPU is visible (e.g. 9.0)")
+    p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("train", help="train a zoo architecture on an offline dataset (deterministic)")
     p.add_argument("arch", help="fc2, lenet5, vgg_small or digits_net")

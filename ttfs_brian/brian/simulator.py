@@ -80,6 +80,43 @@ class _PoolOrderFilter(logging.Filter):
 logging.getLogger("brian2.codegen.generators.base").addFilter(_PoolOrderFilter())
 
 
+def configure_cuda(compute_capability: float | None = None) -> None:
+    """brian2cuda preferences so that ``cuda_standalone`` code also builds where no GPU is visible.
+
+    Without ``nvidia-smi`` (no GPU) GPU detection is switched off and ``compute_capability`` (default
+    9.0) and ``gpu_id`` 0 are set. nvcc gets ``-std=c++17`` (Brian2's headers need it). When the
+    ``nvidia-curand`` wheel is installed, its ``curand.h`` goes on the include path and a private
+    folder with a ``libcurand.so`` link to the wheel's ``libcurand.so.10`` on the library path.
+    """
+    import brian2 as b2
+
+    backend = b2.prefs.devices.cuda_standalone.cuda_backend
+    if shutil.which("nvidia-smi") is None or compute_capability is not None:
+        backend.detect_gpus = False
+        backend.gpu_id = 0
+        backend.compute_capability = float(compute_capability or 9.0)
+    # CUDA >= 13's Thrust/CUB need C++17, for nvcc and for the host compiler flags it forwards.
+    backend.extra_compile_args_nvcc = [f for f in backend.extra_compile_args_nvcc if not f.startswith("-std=")] + \
+        ["-std=c++17"]
+    gcc_flags = b2.prefs.codegen.cpp.extra_compile_args_gcc
+    b2.prefs.codegen.cpp.extra_compile_args_gcc = [f for f in gcc_flags if not f.startswith("-std=")] + ["-std=c++17"]
+    try:
+        import nvidia.curand as curand_wheel
+    except ImportError:
+        return  # a CUDA toolkit with cuRAND is expected then
+    root = Path(next(iter(curand_wheel.__path__)))
+    links = Path(tempfile.gettempdir()) / "ttfs_brian_curand"
+    links.mkdir(exist_ok=True)
+    link = links / "libcurand.so"
+    if not link.exists():
+        link.symlink_to(root / "lib" / "libcurand.so.10")
+    cpp = b2.prefs.codegen.cpp
+    for key, folder in (("include_dirs", root / "include"), ("library_dirs", links),
+                        ("runtime_library_dirs", root / "lib")):
+        if str(folder) not in getattr(cpp, key):
+            setattr(cpp, key, [*getattr(cpp, key), str(folder)])
+
+
 def _object_name(index: int, role: str) -> str:
     """Brian2 name of the group of stage ``index``.
 
@@ -134,12 +171,15 @@ class Simulator:
         Runtime device only: Brian2's code generation target (``"cython"``, ``"numpy"``); ``None``
         keeps ``prefs.codegen.target`` (Cython when a compiler is available). ``"numpy"`` needs no
         compilation, which suits small networks and tests.
+    compute_capability:
+        ``cuda_standalone`` only: the GPU architecture to compile for (e.g. ``9.0``). Needed where no
+        GPU can be detected (building without a GPU); by default brian2cuda asks the GPU.
     """
 
     def __init__(self, net: TTFSNetwork, device: str = "runtime", timing: str = "precise", dt: float | None = 0.01,
                  threads: int | None = None, build_dir: str | os.PathLike | None = None,
                  batch_size: int | None = None, max_synapses: int = DEFAULT_MAX_SYNAPSES,
-                 codegen_target: str | None = None) -> None:
+                 codegen_target: str | None = None, compute_capability: float | None = None) -> None:
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
         if timing not in eq.TIMINGS:
@@ -163,6 +203,7 @@ class Simulator:
         if codegen_target is not None and device != "runtime":
             raise ValueError("codegen_target applies to device='runtime' only")
         self.codegen_target = codegen_target
+        self.compute_capability = compute_capability
         self.compilations = 0
         """Number of times Brian2 code was generated and compiled (standalone: must stay 1)."""
         self.replicas: int | None = None
@@ -241,7 +282,12 @@ class Simulator:
         """Create the Brian2 groups and synapses for ``replicas`` samples side by side; returns the Network."""
         import brian2 as b2
 
-        clock = b2.Clock(dt=self.dt * b2.ms, name="ttfs_clock")
+        if self.device == "cuda_standalone":
+            # brian2cuda's synaptic pathway code refers to ``defaultclock`` by name
+            clock = b2.defaultclock
+            clock.dt = self.dt * b2.ms
+        else:
+            clock = b2.Clock(dt=self.dt * b2.ms, name="ttfs_clock")
         namespace = {"tol": eq.TOL, "t_never": eq.NEVER_MS * b2.ms}
         objects = []
         stages_by_name = {}
@@ -328,6 +374,7 @@ class Simulator:
                     "brian2==2.10.1 and therefore Python >= 3.12: run it from a separate environment, or use "
                     "device='cpp_standalone' or device='runtime'") from exc
             factory = CUDAStandaloneDevice
+            configure_cuda(self.compute_capability)
         else:
             from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
 
@@ -387,6 +434,20 @@ class Simulator:
         self._network = network
         log.info("built %s network: %d replicas, %d synapses, build %.2f s, compile %.2f s", self.device, replicas,
                  replicas * self.synapses_per_sample, self._build_s, self._compile_s)
+
+    def build(self, batch_size: int = 1) -> None:
+        """Generate and compile the network for ``batch_size`` samples side by side, without running it.
+
+        ``run`` builds on first use; call this to build ahead, or to build ``cuda_standalone`` code on
+        a machine without a GPU (running it needs one).
+        """
+        if not self.compiled:
+            self._build(max(1, int(batch_size)))
+
+    @property
+    def compile_s(self) -> float:
+        """Seconds spent generating and compiling standalone code (0 for runtime)."""
+        return self._compile_s
 
     @property
     def compiled(self) -> bool:
