@@ -3,7 +3,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench results clean
+# brian2cuda 1.0b1 needs brian2 2.10.1 and so Python >= 3.12: it lives in its own environment.
+# The first python3.12 that runs (a pyenv shim may be on PATH without the version installed).
+PYTHON312 ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12),\
+	$(shell $(p) -c 'print("$(p)")' 2>/dev/null)))
+NVCC := $(shell command -v nvcc 2>/dev/null)
+VENV312 := .venv312
+
+.PHONY: venv cuda-env test demo bench results clean
 
 venv: $(STAMP)
 
@@ -13,8 +20,19 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-test: venv
+# Where python3.12 and nvcc exist, the tests also build cuda_standalone code (running it needs a GPU).
+test: venv $(if $(and $(PYTHON312),$(NVCC)),cuda-env)
 	$(PY) -m pytest -q tests
+
+cuda-env: $(VENV312)/.installed
+
+$(VENV312)/.installed: setup.cfg pyproject.toml
+	@test -n "$(PYTHON312)" || { echo "cuda-env needs python3.12 (brian2cuda requires Python >= 3.12)"; exit 1; }
+	test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312)
+	$(VENV312)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV312)/bin/python -m pip install --quiet 'brian2cuda==1.0b1' nvidia-curand-cu12 pandas tqdm
+	$(VENV312)/bin/python -m pip install --quiet --no-deps -e .
+	touch $@
 
 demo: venv
 	$(PY) experiments/demo.py
@@ -26,4 +44,4 @@ results: venv
 	$(PY) experiments/conversion_table.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(VENV312) build *.egg-info
