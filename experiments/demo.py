@@ -1,8 +1,9 @@
 """The main job, end to end, on bundled data and models (no download, no server).
 
 Converts the bundled LeNet-5 (BatchNorm, max pooling; trained on 4,000 MNIST digits) into both TTFS
-variants, runs the analytic engine on the 1,000 test digits, and checks every spike against the
-float64 ReLU network. Writes the converted networks to ``output/``.
+variants, runs the analytic engine on the 1,000 test digits and Brian2 (cpp_standalone, precise
+spike timing) on the first ``--brian-images`` of them, checks every spike against the float64 ReLU
+network, prints the table, and writes the figures to ``output/figures``.
 
     make demo        # or: python experiments/demo.py
 """
@@ -10,48 +11,41 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-import ttfs_brian
-from ttfs_brian import data, zoo
+from ttfs_brian.plots import lenet_figures
+from ttfs_brian.table import ENGINES, run_row
 
 log = logging.getLogger("demo")
 OUTPUT = Path(__file__).resolve().parent.parent / "output"
+SHOWN = ["variant", "engine", "timing", "n_test", "relu_acc", "snn_acc", "agreement", "flagged", "max_abs_dt_ms",
+         "max_logit_err", "spikes_per_neuron", "wall_s_per_image"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n-test", type=int, default=1000)
+    parser.add_argument("--brian-images", type=int, default=200, help="test digits simulated in Brian2")
     parser.add_argument("--out", type=Path, default=OUTPUT)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    model, record = zoo.load_pretrained("lenet5", "mnist5k")
-    mnist = data.mnist5k()
-    x, y = mnist.x_test[: args.n_test], mnist.y_test[: args.n_test]
-    log.info("LeNet-5 (bundled, seed %d): ReLU test accuracy %.2f%% on %d digits", record["seed"],
-             100 * record["test_accuracy"], record["n_test"])
-    args.out.mkdir(parents=True, exist_ok=True)
+    brian = replace(ENGINES["precise"], subset=args.brian_images)
     rows = []
     for variant in ("exact", "sparse"):
-        net = ttfs_brian.convert(model, mnist.x_train, variant=variant, dt=0.01)
-        path = net.save(args.out / f"lenet5_mnist5k_{variant}.npz")
-        res = ttfs_brian.simulate(net, x)
-        check = ttfs_brian.verify(net, model, x, res)
-        log.info("\n== %s variant (%s)\n%s\n\nper-layer report:\n%s\n\n%s", variant, path, net.summary(),
-                 res.report.to_string(index=False), check)
-        relu_pred = check.agreement  # fraction of SNN predictions equal to the ReLU ones
-        rows.append({
-            "variant": variant, "n_test": len(x), "relu_acc": record["test_accuracy"] if len(x) == record["n_test"]
-            else float("nan"), "snn_acc": float((res.predictions == y).mean()), "agreement": relu_pred,
-            "max_rel_err": float(check.layers["max_rel_err"].max()), "logit_max_rel_err": check.logit_max_rel_err,
-            "spikes_per_neuron": float(res.report["spikes"][1:].sum() / (res.report["neurons"][1:].sum() * len(x))),
-            "flagged": int(res.flagged.sum()),
-        })
-    with pd.option_context("display.width", 160):
-        log.info("\n== summary\n%s", pd.DataFrame(rows).to_string(index=False))
+        for engine in (ENGINES["analytic"], brian):
+            log.info("LeNet-5, %s variant, %s engine ...", variant, engine.name)
+            rows.append(run_row("mnist5k", "lenet5", variant, engine, build_root=args.out / "brian2"))
+    table = pd.DataFrame(rows)
+    args.out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(args.out / "demo_table.csv", index=False)
+    figures = lenet_figures(args.out / "figures")
+    with pd.option_context("display.width", 200, "display.max_columns", 20):
+        log.info("\nLeNet-5 on MNIST (bundled), converted and simulated; compared with the float64 ReLU network:\n%s",
+                 table[SHOWN].to_string(index=False))
+    log.info("\nfigures: %s", ", ".join(str(p) for p in figures))
 
 
 if __name__ == "__main__":
