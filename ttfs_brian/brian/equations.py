@@ -67,7 +67,7 @@ NEVER_MS = 1e9
 
 def _gate(start: str, stop: str) -> str:
     """Fraction of the step ``[t, t + dt]`` inside ``[start, stop]``."""
-    return f"(clip(t + dt, {start}, {stop}) - clip(t, {start}, {stop})) / dt"
+    return f"(clip(tr + dt, {start}, {stop}) - clip(tr, {start}, {stop})) / dt"
 
 
 # ----------------------------------------------------------------------------- integrating neurons
@@ -75,8 +75,8 @@ INTEGRATOR_MODEL = f"""
 dv/dt = ((alpha + I) * f_in + beta * f_late) / tau_c : 1
 f_in = {_gate('t_on', 't_off')} : 1
 f_late = {_gate('t_late', 't_never')} : 1
-rate = (alpha + I) * int(t + dt - tol * dt > t_on) * int(t + dt - tol * dt < t_off) + beta * int(t + dt - tol * dt > t_late) : 1
-t_cross = t + dt - tau_c * (v - theta) / clip(rate, 1e-12, 1e300) : second
+rate = (alpha + I) * int(tr + dt - tol * dt > t_on) * int(tr + dt - tol * dt < t_off) + beta * int(tr + dt - tol * dt > t_late) : 1
+t_cross = tr + dt - tau_c * (v - theta) / clip(rate, 1e-12, 1e300) : second
 I : 1
 alpha : 1 (constant)
 beta : 1 (constant)
@@ -90,6 +90,9 @@ t_off : second (constant, shared)
 t_late : second (constant, shared)
 t_fire : second (constant, shared)
 t_max : second (constant, shared)
+tr = t - t0 : second
+t0 : second (shared)
+t_end : second (constant, shared)
 """
 """``rate`` is the slope of ``v`` (per tau_c) at the end of the step, with the gates evaluated just
 before ``t + dt``; ``t_cross`` is where the line through ``v(t + dt)`` with that slope meets ``theta``
@@ -103,37 +106,42 @@ alpha : 1 (constant)
 tau_c : second (constant, shared)
 t_on : second (constant, shared)
 t_off : second (constant, shared)
+tr = t - t0 : second
+t0 : second (shared)
+t_end : second (constant, shared)
 """
 """The output layer: no threshold; ``v`` stops at ``t_off = t_min(out)`` and is the logit
 (plus ``bias`` in ``sparse``, added when reading out)."""
 
 #: variant ``exact`` (SPEC 3): first crossing after the gate opens, or a forced spike at ``t_max``.
-EXACT_THRESHOLD = "not spiked and t > t_fire - 0.5 * dt and (v >= theta or t + dt >= t_max - tol * dt)"
+EXACT_THRESHOLD = "not spiked and tr > t_fire - 0.5 * dt and (v >= theta or tr + dt >= t_max - tol * dt)"
 
 #: variant ``sparse`` (SPEC 4): only a crossing inside ``[t_min(n), t_max(n))``; silence otherwise.
 SPARSE_THRESHOLD = {
-    "precise": "not spiked and t > t_fire - 0.5 * dt and v >= theta and t_cross < t_max - tol * dt",
-    "grid": "not spiked and t > t_fire - 0.5 * dt and v >= theta and t < t_max - 0.5 * dt",
+    "precise": "not spiked and tr > t_fire - 0.5 * dt and v >= theta and t_cross < t_max - tol * dt",
+    "grid": "not spiked and tr > t_fire - 0.5 * dt and v >= theta and tr < t_max - 0.5 * dt",
 }
 
 INTEGRATOR_RESET = {
     # Clip: not before the gate (SPEC 3's V(t_min(p)) = 0 start; sparse's firing window) nor before the
     # previous step (see module docstring), not after t_max (the forced spike of ``exact``).
-    "precise": "t_spike = clip(t_cross, clip(t - dt, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True",
-    "grid": "t_spike = t\nt_raw = t_cross\nspiked = True",
+    "precise": "t_spike = clip(t_cross, clip(tr - dt, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True",
+    "grid": "t_spike = tr\nt_raw = t_cross\nspiked = True",
 }
 
 # ----------------------------------------------------------------------------- input layer
 INPUT_MODEL = """
-t_in : second (constant)
+t_in : second
 t_spike : second
 spiked : boolean
+tr = t - t0 : second
+t0 : second (shared)
 """
 """``t_in`` is the spike time of an input neuron, ``t_max(0) - u * tau_c``; it is the only variable
 that changes from batch to batch (through ``run_args`` in standalone mode, no recompilation)."""
 
-INPUT_THRESHOLD = "not spiked and t + dt >= t_in"
-INPUT_RESET = {"precise": "t_spike = t_in\nspiked = True", "grid": "t_spike = t\nspiked = True"}
+INPUT_THRESHOLD = "not spiked and tr + dt >= t_in"
+INPUT_RESET = {"precise": "t_spike = t_in\nspiked = True", "grid": "t_spike = tr\nspiked = True"}
 
 # ----------------------------------------------------------------------------- max pool
 POOL_MODEL = """
@@ -144,6 +152,8 @@ t_first : second
 t_last : second
 t_spike : second
 spiked : boolean
+tr = t - t0 : second
+t0 : second (shared)
 """
 """``n_in`` counts the pool inputs that have spiked, ``t_first``/``t_last`` are their earliest and
 latest spike times; ``need`` is 1 for a max pool (``pool_sign = +1``: fire with the first input) and
@@ -152,7 +162,7 @@ the number of valid inputs of the window for a min pool (``pool_sign = -1``: fir
 POOL_THRESHOLD = "not spiked and n_in >= need"
 POOL_RESET = {
     "precise": "t_spike = t_first * int(pool_sign > 0) + t_last * int(pool_sign < 0)\nspiked = True",
-    "grid": "t_spike = t\nspiked = True",
+    "grid": "t_spike = tr\nspiked = True",
 }
 
 # ----------------------------------------------------------------------------- synapses
@@ -162,7 +172,7 @@ ON_PRE_INTEGRATOR = {
     # I_post += w: the slope from the next step on; v_post += ...: the part of the current step
     # after the spike, inside the target's input gate [t_on, t_off].
     "precise": ("I_post += w\n"
-                "v_post += w * (clip(t + dt, t_on_post, t_off_post) - clip(t_spike_pre, t_on_post, t_off_post)) / tau_c_post"),
+                "v_post += w * (clip(t - t0_post + dt, t_on_post, t_off_post) - clip(t_spike_pre, t_on_post, t_off_post)) / tau_c_post"),
     "grid": "I_post += w",
 }
 
@@ -171,3 +181,24 @@ ON_PRE_POOL = (
     "t_first_post = clip(t_spike_pre, -t_never, t_first_post)\n"  # min(t_first, t_spike)
     "t_last_post = clip(t_spike_pre, t_last_post, t_never)"  # max(t_last, t_spike)
 )
+
+# ----------------------------------------------------------------------------- rounds (time-multiplexing)
+# Every group counts time from its own round start ``t0`` (``tr = t - t0`` above): a standalone run
+# simulates K samples per replica one after the other, round k in [k P, (k + 1) P). At each round
+# start (``run_regularly``, slot ``start``, before anything else) these statements put every
+# per-sample variable back to its initial value and move ``t0`` to the round start; the input layer
+# also takes its new spike times from the table (a 2-D ``TimedArray``: rounds x neurons, dt = P).
+ROUND_RESET = {
+    "input": "t0 = t\nspiked = False",
+    "hidden": "t0 = t\nv = 0\nI = 0\nspiked = False",
+    "pool": "t0 = t\nn_in = 0\nt_first = t_never\nt_last = -t_never\nspiked = False",
+    "output": "t0 = t\nv = 0\nI = 0",
+}
+INPUT_FROM_TABLE = "t_in = t_in_table(t, i)"
+
+#: the last step of a round (``t_end`` = P, a multiple of dt): the readout of the output's ``v``
+END_OF_ROUND = "tr > t_end - 1.5 * dt"
+
+#: ``exact`` hidden neurons whose threshold crossing lies before ``t_min`` (``t_late``) report their
+#: final ``v`` and ``I`` at the end of the round, for the clipped/early-firing report
+REPORT_EVENT = "spiked and t_raw < t_late - tol * dt and " + END_OF_ROUND

@@ -65,6 +65,10 @@ log = logging.getLogger(__name__)
 DEVICES = ("runtime", "cpp_standalone", "cuda_standalone")
 DEFAULT_MAX_SYNAPSES = 20_000_000
 """Upper bound on synapses in one compiled network (all replicas), which bounds the chunk size ``R``."""
+DEFAULT_STANDALONE_REPLICAS = 32
+"""Default ``R`` for standalone devices (more samples of a batch run as rounds, one after the other)."""
+DEFAULT_MAX_SPIKES_PER_RUN = 20_000_000
+"""Upper bound on the spikes one standalone run records (K R neurons; ~28 bytes each), which bounds ``K``."""
 
 class _PoolOrderFilter(logging.Filter):
     """Drop Brian2's "order of execution" warning for the pool synapses only.
@@ -179,7 +183,9 @@ class Simulator:
     def __init__(self, net: TTFSNetwork, device: str = "runtime", timing: str = "precise", dt: float | None = 0.01,
                  threads: int | None = None, build_dir: str | os.PathLike | None = None,
                  batch_size: int | None = None, max_synapses: int = DEFAULT_MAX_SYNAPSES,
-                 codegen_target: str | None = None, compute_capability: float | None = None) -> None:
+                 codegen_target: str | None = None, compute_capability: float | None = None,
+                 rounds: int | None = None, max_spikes_per_run: int = DEFAULT_MAX_SPIKES_PER_RUN,
+                 record_v: dict[str, Any] | None = None) -> None:
         if device not in DEVICES:
             raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
         if timing not in eq.TIMINGS:
@@ -192,6 +198,8 @@ class Simulator:
             raise ValueError("threads (OpenMP) must be >= 1 and needs device='cpp_standalone'")
         if batch_size is not None and batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if rounds is not None and (int(rounds) < 1 or (device == "runtime" and int(rounds) != 1)):
+            raise ValueError(f"rounds must be >= 1 (and 1 for device='runtime'), got {rounds}")
         self.net = net
         self.device = device
         self.timing = timing
@@ -207,6 +215,12 @@ class Simulator:
         self.compilations = 0
         """Number of times Brian2 code was generated and compiled (standalone: must stay 1)."""
         self.replicas: int | None = None
+        self.rounds: int | None = None if rounds is None else int(rounds)
+        """Samples per replica simulated one after the other in one standalone run (``K``)."""
+        self.max_spikes_per_run = int(max_spikes_per_run)
+        self.record_v = {key: [int(i) for i in np.atleast_1d(value)] for key, value in (record_v or {}).items()}
+        self._monitors: dict[tuple[str, str], Any] = {}
+        self._table = None
         self._stages = self._plan()
         self._network = None
         self._device_obj = None
@@ -251,6 +265,17 @@ class Simulator:
         """Simulated time: up to the readout, plus one step of delivery latency per layer and a margin."""
         return self.net.output_layer.t_min + (len(self._stages) + 2) * self.dt
 
+    def steps_per_round(self) -> int:
+        return int(math.ceil(self.duration_ms() / self.dt - 1e-9))
+
+    def period_ms(self) -> float:
+        """Length ``P`` of one round: the duration rounded up to a multiple of ``dt``."""
+        return self.steps_per_round() * self.dt
+
+    @property
+    def neurons_per_sample(self) -> int:
+        return sum(stage.layer.size for stage in self._stages)
+
     # ------------------------------------------------------------------ parameters per stage
     def _parameters(self, stage: _Stage) -> None:
         """Per-neuron arrays and per-layer (shared) times of one stage (see the table in equations.py)."""
@@ -278,8 +303,9 @@ class Simulator:
             stage.shared = {"tau_c": net.tau_c, "t_on": pred.t_min, "t_off": layer.t_min}
 
     # ------------------------------------------------------------------ building
-    def _make_objects(self, replicas: int) -> Any:
-        """Create the Brian2 groups and synapses for ``replicas`` samples side by side; returns the Network."""
+    def _make_objects(self, replicas: int, rounds: int) -> Any:
+        """Create the Brian2 groups, synapses and monitors for ``replicas`` samples side by side and
+        ``rounds`` samples one after the other (standalone only; runtime has one round); returns the Network."""
         import brian2 as b2
 
         if self.device == "cuda_standalone":
@@ -288,17 +314,29 @@ class Simulator:
             clock.dt = self.dt * b2.ms
         else:
             clock = b2.Clock(dt=self.dt * b2.ms, name="ttfs_clock")
+        period = self.period_ms()
+        multiplexed = self.device != "runtime"
         namespace = {"tol": eq.TOL, "t_never": eq.NEVER_MS * b2.ms}
         objects = []
         stages_by_name = {}
+        self._monitors = {}
+        self._table = None
         for k, stage in enumerate(self._stages):
             self._parameters(stage)
             name = _object_name(k, stage.role)
             n = replicas * stage.layer.size
+            reset_code = eq.ROUND_RESET[stage.role]
+            group_ns = namespace
+            spike_vars = ["t_spike"]
             if stage.role == "input":
+                if multiplexed:
+                    self._table = b2.TimedArray(np.full((rounds, n), eq.NEVER_MS) * b2.ms, dt=period * b2.ms,
+                                                name="ttfs_t_in_table")
+                    group_ns = {**namespace, "t_in_table": self._table}
+                    reset_code = reset_code + "\n" + eq.INPUT_FROM_TABLE  # scalar writes (t0) first
                 group = b2.NeuronGroup(n, eq.INPUT_MODEL, threshold=eq.INPUT_THRESHOLD,
                                        reset=eq.INPUT_RESET[self.timing], clock=clock,
-                                       namespace=namespace, name=name)
+                                       namespace=group_ns, name=name)
                 group.t_in = eq.NEVER_MS * b2.ms
             elif stage.role == "pool":
                 group = b2.NeuronGroup(n, eq.POOL_MODEL, threshold=eq.POOL_THRESHOLD,
@@ -308,19 +346,41 @@ class Simulator:
                 group.t_last = -eq.NEVER_MS * b2.ms
             elif stage.role == "hidden":
                 threshold = eq.EXACT_THRESHOLD if self.net.variant == "exact" else eq.SPARSE_THRESHOLD[self.timing]
+                report = self.net.variant == "exact"
+                events = {"report": eq.REPORT_EVENT} if report else {}  # (Brian2 adds "spike" to this dict)
                 group = b2.NeuronGroup(n, eq.INTEGRATOR_MODEL, threshold=threshold,
                                        reset=eq.INTEGRATOR_RESET[self.timing], method="euler", clock=clock,
-                                       namespace=namespace, name=name)
+                                       events=events, namespace=namespace, name=name)
+                spike_vars = ["t_spike", "t_raw"]
+                if report:
+                    self._monitors[(stage.layer.name, "report")] = b2.EventMonitor(
+                        group, "report", variables=["v", "I"], name=f"{name}_report")
             else:
                 group = b2.NeuronGroup(n, eq.OUTPUT_MODEL, method="euler", clock=clock,
-                                       namespace=namespace, name=name)
+                                       events={"readout": eq.END_OF_ROUND}, namespace=namespace, name=name)
+                self._monitors[(stage.layer.name, "readout")] = b2.EventMonitor(
+                    group, "readout", variables=["v"], name=f"{name}_readout")
+            if stage.role != "output":
+                # After the resets, which set t_spike (the spike is stamped with the step start t).
+                self._monitors[(stage.layer.name, "spikes")] = b2.SpikeMonitor(
+                    group, variables=spike_vars, when="after_resets", name=f"{name}_spikes")
             for key, value in stage.params.items():
                 setattr(group, key, np.tile(value, replicas))
             for key, value in stage.shared.items():
                 setattr(group, key, value * b2.ms)
+            if stage.role in ("hidden", "output"):
+                group.t_end = period * b2.ms
+            if multiplexed:
+                group.run_regularly(reset_code, dt=period * b2.ms, when="start", order=-100, name=f"{name}_round")
             stage.group = group
             objects.append(group)
             stages_by_name[stage.layer.name] = stage
+            layer_name = stage.layer.name
+            if layer_name in self.record_v:
+                if stage.role not in ("hidden", "output"):
+                    raise ValueError(f"record_v: layer {layer_name!r} has no membrane potential (role {stage.role})")
+                self._monitors[(layer_name, "trace")] = b2.StateMonitor(
+                    group, "v", record=self.record_v[layer_name], name=f"{name}_trace")
             if stage.conn is None:
                 continue
             source = stages_by_name[stage.pred.name].group
@@ -340,6 +400,7 @@ class Simulator:
                     synapses.w = weight
             stage.synapses = synapses
             objects.append(synapses)
+        objects.extend(self._monitors.values())
         return b2.Network(*objects, name="ttfs_network")
 
     @contextlib.contextmanager
@@ -405,20 +466,21 @@ class Simulator:
                     f"device={self.device!r} needs the build tool '{tool}', which is not on PATH; install it "
                     "(e.g. apt-get install build-essential) or use device='runtime'")
 
-    def _build(self, replicas: int) -> None:
-        """Create (and for standalone devices generate and compile) the network for ``replicas`` samples."""
+    def _build(self, replicas: int, rounds: int) -> None:
+        """Create (and for standalone devices generate and compile) the network for ``replicas`` samples
+        side by side and ``rounds`` samples one after the other."""
         import brian2 as b2
 
-        self.replicas = replicas
+        self.replicas, self.rounds = replicas, rounds
         started = time.perf_counter()
         with self._activate_device() as device:
-            network = self._make_objects(replicas)
+            network = self._make_objects(replicas, rounds)
             if device is None:  # runtime
                 network.store("initial")
                 self._build_s = time.perf_counter() - started
                 self._compile_s = 0.0
             else:
-                network.run(self.duration_ms() * b2.ms, namespace={})
+                network.run(rounds * self.period_ms() * b2.ms, namespace={})
                 self._build_s = time.perf_counter() - started
                 directory = self.build_dir or Path(tempfile.mkdtemp(prefix="ttfs_brian_standalone_"))
                 self.build_dir = Path(directory)
@@ -432,8 +494,25 @@ class Simulator:
                 self._compile_s = time.perf_counter() - compiled
             self.compilations += 1
         self._network = network
-        log.info("built %s network: %d replicas, %d synapses, build %.2f s, compile %.2f s", self.device, replicas,
-                 replicas * self.synapses_per_sample, self._build_s, self._compile_s)
+        log.info("built %s network: %d replicas x %d rounds, %d synapses, build %.2f s, compile %.2f s", self.device,
+                 replicas, rounds, replicas * self.synapses_per_sample, self._build_s, self._compile_s)
+
+    def _layout(self, n: int) -> tuple[int, int]:
+        """Replicas ``R`` and rounds ``K`` for a first batch of ``n`` samples (see the class docstring)."""
+        cap = max(1, self.max_synapses // max(1, self.synapses_per_sample))
+        if self.batch_size is not None:
+            replicas = self.batch_size
+        elif self.device == "runtime":
+            replicas = n
+        else:
+            replicas = min(n, DEFAULT_STANDALONE_REPLICAS)
+        replicas = max(1, min(replicas, cap))
+        if self.device == "runtime":
+            return replicas, 1
+        if self.rounds is not None:
+            return replicas, self.rounds
+        most = max(1, self.max_spikes_per_run // max(1, replicas * self.neurons_per_sample))
+        return replicas, max(1, min(math.ceil(n / replicas), most))
 
     def build(self, batch_size: int = 1) -> None:
         """Generate and compile the network for ``batch_size`` samples side by side, without running it.
@@ -442,7 +521,7 @@ class Simulator:
         a machine without a GPU (running it needs one).
         """
         if not self.compiled:
-            self._build(max(1, int(batch_size)))
+            self._build(*self._layout(max(1, int(batch_size))))
 
     @property
     def compile_s(self) -> float:
@@ -465,29 +544,36 @@ class Simulator:
             t_in = np.where(u > 0, t_in, eq.NEVER_MS)  # value 0 is silence
         return t_in.reshape(data.shape[0], -1), clipped
 
-    def _run_chunk(self, t_in: np.ndarray) -> dict[str, dict[str, np.ndarray]]:
-        """Simulate ``R`` samples (``t_in`` of shape ``(R, P_in)``); returns raw state per stage."""
+    def _simulate(self, t_in: np.ndarray) -> None:
+        """Simulate ``R K`` samples (``t_in`` of shape ``(K R, P_in)``, sample ``k R + r`` in round ``k``,
+        replica ``r``); the monitors hold the results afterwards."""
         import brian2 as b2
 
-        input_group = self._stages[0].group
-        flat = t_in.reshape(-1)
         if self.device == "runtime":
             with self._activate_device():
                 self._network.restore("initial")
-                input_group.t_in = flat * b2.ms
-                self._network.run(self.duration_ms() * b2.ms, namespace={})
-        else:
-            self._device_obj.run(directory=str(self.build_dir), with_output=False,
-                                 run_args={input_group.t_in: flat * b2.ms})
-        wanted = {"input": ("spiked", "t_spike"), "pool": ("spiked", "t_spike"),
-                  "hidden": ("spiked", "t_spike", "t_raw", "v", "I"), "output": ("v",)}
-        out = {}
-        for stage in self._stages:
-            # Read through the variable's own device (a standalone result file or a runtime array),
-            # independent of which Brian2 device is current now.
-            out[stage.layer.name] = {key: np.array(stage.group.variables[key].get_value())
-                                     for key in wanted[stage.role]}
-        return out
+                self._stages[0].group.t_in = t_in.reshape(-1) * b2.ms
+                self._network.run(self.period_ms() * b2.ms, namespace={})
+            return
+        device = self._device_obj
+        device.run(directory=str(self.build_dir), with_output=False,
+                   run_args={self._table: t_in.reshape(self.rounds, -1) * b2.ms})
+        for name in list(device.run_args_arrays):  # the input table file is never needed again
+            with contextlib.suppress(OSError):
+                os.remove(self.build_dir / "static_arrays" / name)
+
+    def _read(self, key: tuple[str, str], *names: str) -> list[np.ndarray]:
+        """Recorded arrays of one monitor, read through the variable's own device (standalone result
+        files or runtime arrays), independent of which Brian2 device is current now."""
+        monitor = self._monitors[key]
+        return [np.asarray(monitor.variables[name].get_value()).copy() for name in names]
+
+    def _events(self, stage: _Stage, key: str, *names: str) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """(sample within the run, neuron within the sample, recorded values in ms or units of v) of one monitor."""
+        index, t, *values = self._read((stage.layer.name, key), "i", "t", *names)
+        rounds = np.floor((t * 1e3 + 0.5 * self.dt) / self.period_ms()).astype(np.int64)
+        replica, neuron = np.divmod(index.astype(np.int64), stage.layer.size)
+        return rounds * self.replicas + replica, neuron, values
 
     def run(self, x: np.ndarray) -> SimulationResult:
         """Simulate a batch ``x`` of shape ``(N, *input_shape)`` (raw inputs, as for the ReLU network)."""
@@ -499,34 +585,70 @@ class Simulator:
             raise ValueError("empty batch: x has 0 samples")
         t_in, input_clipped = self._encode(data)
         if not self.compiled:
-            cap = max(1, self.max_synapses // max(1, self.synapses_per_sample))
-            self._build(max(1, min(self.batch_size or n, cap)))
-        replicas = self.replicas
-        chunks = math.ceil(n / replicas)
-        padded = np.full((chunks * replicas, t_in.shape[1]), eq.NEVER_MS)
+            self._build(*self._layout(n))
+        per_run = self.replicas * self.rounds
+        chunks = math.ceil(n / per_run)
+        padded = np.full((chunks * per_run, t_in.shape[1]), eq.NEVER_MS)
         padded[:n] = t_in
+        raw: dict[tuple[str, str], np.ndarray] = {}
+        for stage in self._stages:
+            shape = (chunks * per_run, stage.layer.size)
+            if stage.role == "output":
+                raw[stage.layer.name, "v"] = np.full(shape, np.nan)
+                continue
+            raw[stage.layer.name, "t_spike"] = np.full(shape, np.nan)
+            if stage.role == "hidden":
+                for var in ("t_raw", "v", "I"):
+                    raw[stage.layer.name, var] = np.full(shape, np.nan)
         started = time.perf_counter()
-        raw = [self._run_chunk(padded[c * replicas:(c + 1) * replicas]) for c in range(chunks)]
+        meta: dict[str, Any] = {}
+        for chunk in range(chunks):
+            self._simulate(padded[chunk * per_run:(chunk + 1) * per_run])
+            offset = chunk * per_run
+            for stage in self._stages:
+                name = stage.layer.name
+                if stage.role == "output":
+                    sample, neuron, (v,) = self._events(stage, "readout", "v")
+                    raw[name, "v"][offset + sample, neuron] = v
+                    continue
+                names = ("t_spike", "t_raw") if stage.role == "hidden" else ("t_spike",)
+                sample, neuron, values = self._events(stage, "spikes", *names)
+                for var, value in zip(names, values):
+                    raw[name, var][offset + sample, neuron] = value * 1e3  # Brian2 stores seconds
+                if chunk == 0:
+                    first = sample == 0
+                    meta.setdefault("spike_monitor", {})[name] = (neuron[first], values[0][first] * 1e3)
+                if (name, "report") in self._monitors:
+                    sample, neuron, (v, current) = self._events(stage, "report", "v", "I")
+                    raw[name, "v"][offset + sample, neuron] = v
+                    raw[name, "I"][offset + sample, neuron] = current
+            if chunk == 0:
+                for (name, kind), monitor in self._monitors.items():
+                    if kind == "trace":
+                        t, v = self._read((name, kind), "t", "v")
+                        first = t * 1e3 < self.period_ms() - 0.5 * self.dt  # sample 0 is round 0
+                        meta.setdefault("traces", {})[name] = (t[first] * 1e3, np.asarray(v)[first].T.copy())
         run_s = time.perf_counter() - started
         result = self._assemble(raw, n, input_clipped)
+        result.meta.update(meta)
         result.meta.update(
             device=self.device, timing=self.timing, dt=self.dt, build_s=self._build_s, compile_s=self._compile_s,
-            run_s=run_s, replicas=replicas, chunks=chunks, compilations=self.compilations,
-            n_synapses=self.synapses_per_sample, n_synapses_compiled=replicas * self.synapses_per_sample,
-            duration_ms=self.duration_ms(), build_dir=None if self.build_dir is None else str(self.build_dir))
+            run_s=run_s, replicas=self.replicas, rounds=self.rounds, chunks=chunks, compilations=self.compilations,
+            n_synapses=self.synapses_per_sample, n_synapses_compiled=self.replicas * self.synapses_per_sample,
+            duration_ms=self.duration_ms(), period_ms=self.period_ms(),
+            build_dir=None if self.build_dir is None else str(self.build_dir))
         result.meta["synaptic_events"] = self._synaptic_events(result)
         return result
 
     # ------------------------------------------------------------------ results
-    def _assemble(self, raw: list[dict[str, dict[str, np.ndarray]]], n: int,
+    def _assemble(self, raw: dict[tuple[str, str], np.ndarray], n: int,
                   input_clipped: np.ndarray) -> SimulationResult:
-        """Spike times, logits and the report from the per-chunk raw states (first ``n`` samples)."""
+        """Spike times, logits and the report from the monitored values (first ``n`` samples)."""
         net = self.net
         tol_ms = eq.TOL * self.dt
 
-        def stacked(stage: _Stage, key: str) -> np.ndarray:
-            full = np.concatenate([chunk[stage.layer.name][key] for chunk in raw])
-            return full.reshape(-1, *stage.layer.shape)[:n]
+        def get(stage: _Stage, key: str) -> np.ndarray:
+            return raw[stage.layer.name, key][:n].reshape(n, *stage.layer.shape)
 
         spike_times: dict[str, np.ndarray] = {}
         records, flagged = [], np.zeros(n, dtype=bool)
@@ -534,27 +656,30 @@ class Simulator:
         for stage in self._stages:
             layer = stage.layer
             if stage.role == "output":
-                v = stacked(stage, "v").reshape(n, -1)
+                v = get(stage, "v").reshape(n, -1)
+                if np.isnan(v).any():
+                    raise RuntimeError("the output layer was not read out in every round (internal error)")
                 logits = v + np.asarray(layer.arrays["bias"]).reshape(1, -1) if net.variant == "sparse" else v
                 continue
-            spiked = stacked(stage, "spiked").astype(bool)
-            # Brian2 stores seconds; report ms like the analytic engine.
-            times = np.where(spiked, stacked(stage, "t_spike") * 1e3, np.nan)
+            times = get(stage, "t_spike")
+            spiked = ~np.isnan(times)
             early = np.zeros(times.shape, dtype=bool)
             if stage.role == "input":
                 clipped = input_clipped.reshape(times.shape)
             elif stage.role == "pool":
                 clipped = np.zeros(times.shape, dtype=bool)  # a pool passes its input's time on unchanged
             else:
-                crossed_before = spiked & (stacked(stage, "t_raw") * 1e3 < layer.t_min - tol_ms)
+                crossed_before = spiked & (np.nan_to_num(get(stage, "t_raw"), nan=np.inf) < layer.t_min - tol_ms)
                 if net.variant == "exact":
                     # Clipped: the closed-form crossing (all inputs arrived, the line of the final slope)
                     # lies before t_min; early: the true crossing does, but the closed form does not.
-                    end = self.duration_ms()
-                    rate = (stage.params["alpha"] + stage.params["beta"]).reshape(layer.shape) + stacked(stage, "I")
+                    # A crossing at or after t_min has the final slope already, so only neurons that
+                    # crossed before t_min can be either (they alone report v and I at the round end).
+                    end = self.period_ms()
+                    rate = (stage.params["alpha"] + stage.params["beta"]).reshape(layer.shape) + get(stage, "I")
                     theta = stage.params["theta"].reshape(layer.shape)
-                    closed = end - net.tau_c * (stacked(stage, "v") - theta) / np.where(rate > 0, rate, np.nan)
-                    clipped = np.nan_to_num(closed, nan=np.inf) < layer.t_min - tol_ms
+                    closed = end - net.tau_c * (get(stage, "v") - theta) / np.where(rate > 0, rate, np.nan)
+                    clipped = crossed_before & (np.nan_to_num(closed, nan=np.inf) < layer.t_min - tol_ms)
                     early = crossed_before & ~clipped
                 else:
                     clipped = crossed_before
