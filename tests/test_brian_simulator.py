@@ -110,6 +110,17 @@ def test_precise_with_windows_off_the_grid(variant, data):
     assert_same(a, Simulator(net, timing="precise", dt=0.01, codegen_target="numpy").run(data["mlp_x"]))
 
 
+def test_runtime_traces_of_the_output(data):
+    net = convert(mlp(), data["mlp_calib"], variant="exact", dt=0.01)
+    b = Simulator(net, timing="precise", dt=0.01, codegen_target="numpy", record_v={net.output: [0, 2]}).run(data["mlp_x"])
+    t, v = b.meta["traces"][net.output]
+    assert v.shape == (2, t.size)
+    # the output's v is frozen from the readout time on, at the logits of sample 0
+    np.testing.assert_allclose(v[:, -1], b.logits[0, [0, 2]], rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="record_v"):
+        Simulator(net, codegen_target="numpy", record_v={"input": [0]}).run(data["mlp_x"])
+
+
 def test_grid_timing_is_plain_brian_with_dt_errors(data):
     net = convert(mlp(), data["mlp_calib"], variant="exact", dt=0.01)
     a = simulate_analytic(net, data["mlp_x"])
@@ -188,7 +199,8 @@ def standalone_conv(data, tmp_path_factory):
     """One compiled conv network (exact, dt = 0.01 ms, 2 samples per run) reused by the tests below."""
     net = convert(convnet(), data["conv_calib"], variant="exact", dt=0.01)
     build_dir = tmp_path_factory.mktemp("standalone_conv")
-    sim = Simulator(net, device="cpp_standalone", timing="precise", dt=0.01, build_dir=build_dir, batch_size=2)
+    sim = Simulator(net, device="cpp_standalone", timing="precise", dt=0.01, build_dir=build_dir, batch_size=2,
+                    record_v={"1": [0, 3]})
     first = sim.run(data["conv_x"])
     return net, sim, first
 
@@ -198,6 +210,22 @@ def test_standalone_conv_matches_analytic(standalone_conv, data):
     assert_same(simulate_analytic(net, data["conv_x"]), first)
     assert first.meta["device"] == "cpp_standalone" and first.meta["compile_s"] > 0
     assert (sim.build_dir / "main").exists()
+    # 5 samples: 2 replicas x 3 rounds, one after the other in a single run of the binary
+    assert first.meta["replicas"] == 2 and first.meta["rounds"] == 3 and first.meta["chunks"] == 1
+    assert first.meta["period_ms"] >= first.meta["duration_ms"] - 1e-9
+
+
+def test_standalone_traces_and_spike_monitor_of_sample_0(standalone_conv, data):
+    net, sim, first = standalone_conv
+    t, v = first.meta["traces"]["1"]
+    steps = round(first.meta["period_ms"] / 0.01)
+    assert v.shape == (2, steps) and t.shape == (steps,)  # round 0 only: sample 0
+    np.testing.assert_allclose(t, np.arange(steps) * 0.01, atol=1e-9)
+    assert v[:, 0].max() < 1e-3 < np.abs(v[:, -1]).max()  # starts at rest, integrates
+    for name, (index, times) in first.meta["spike_monitor"].items():
+        expected = first.spike_times[name][0].reshape(-1)
+        np.testing.assert_array_equal(np.sort(index), np.flatnonzero(~np.isnan(expected)))
+        np.testing.assert_allclose(times, expected[index], rtol=0, atol=0)
 
 
 def test_standalone_reruns_without_recompiling(standalone_conv):
@@ -210,6 +238,11 @@ def test_standalone_reruns_without_recompiling(standalone_conv):
     assert sim.compilations == 1 and b.meta["compilations"] == 1
     assert os.stat(binary).st_mtime_ns == stamp
     assert b.report["clipped"].iloc[0] > 0
+    # more samples than one run holds (2 x 3): two runs of the same binary, the second one padded
+    x = np.random.default_rng(8).uniform(0, 1, size=(8, *net.input_shape))
+    c = sim.run(x)
+    assert_same(simulate_analytic(net, x), c)
+    assert c.meta["chunks"] == 2 and sim.compilations == 1
 
 
 @pytest.fixture(scope="module")
