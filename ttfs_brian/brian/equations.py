@@ -46,6 +46,13 @@ later; the back-extrapolation still lands on the exact time (hence the lower cli
 correction; a spike is stamped with the step start ``t`` and acts from the next step on, so the
 error grows by up to one ``dt`` per layer.
 
+**Rounds.** Every time in these equations is counted from the group's round start ``t0`` (a
+shared variable): ``tr = t - t0`` stands where a single-sample simulation would use ``t``, spike
+times are relative to the round, and :data:`ROUND_RESET` starts a new sample (standalone devices
+simulate several samples one after the other in one run; see :mod:`ttfs_brian.brian.simulator`).
+With ``t0 = 0`` (runtime) this is exactly the single-sample model. The subtraction costs a
+rounding of ``t`` (~1e-16 relative), i.e. ~1e-13 ms after a thousand 40 ms rounds.
+
 Per-layer times are shared (scalar) variables of each group: ``tau_c``, ``t_on``, ``t_off``,
 ``t_late``, ``t_fire`` (earliest allowed firing) and ``t_max``. They are variables, not namespace
 constants, because Brian2 folds namespace constants into the generated code as literals: every new
