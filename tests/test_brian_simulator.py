@@ -212,6 +212,7 @@ def test_standalone_conv_matches_analytic(standalone_conv, data):
     assert (sim.build_dir / "main").exists()
     # 5 samples: 2 replicas x 3 rounds, one after the other in a single run of the binary
     assert first.meta["replicas"] == 2 and first.meta["rounds"] == 3 and first.meta["chunks"] == 1
+    assert sim.samples_per_run == 6
     assert first.meta["period_ms"] >= first.meta["duration_ms"] - 1e-9
 
 

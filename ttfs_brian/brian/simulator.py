@@ -355,6 +355,11 @@ class Simulator:
         return self.steps_per_round() * self.dt
 
     @property
+    def samples_per_run(self) -> int | None:
+        """Samples one run of the network holds: replicas times rounds (``None`` before building)."""
+        return None if self.replicas is None else self.replicas * self.rounds
+
+    @property
     def neurons_per_sample(self) -> int:
         return sum(stage.layer.size for stage in self._stages)
 
