@@ -134,7 +134,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     sim = Simulator(net, device=args.device, timing=args.timing, dt=args.dt, build_dir=args.build_dir,
                     compute_capability=args.compute_capability)
     sim.build(args.batch)
-    print(f"built {args.device} ({args.timing}, dt={args.dt} ms) for {sim.replicas} samples in {sim.build_dir}: "
+    print(f"built {args.device} ({args.timing}, dt={args.dt} ms) for {sim.samples_per_run} samples in {sim.build_dir}: "
           f"{sim.synapses_per_sample} synapses per sample, compile {sim.compile_s:.1f} s")
     return 0
 
