@@ -29,6 +29,9 @@ KEY = ["dataset", "model", "variant", "engine", "timing"]
 
 MODELS = [("mnist5k", "fc2"), ("mnist5k", "lenet5"), ("mnist5k", "vgg_small"), ("digits", "digits_net")]
 
+SMALLER_SUBSETS = {("vgg_small", "grid"): 10}
+"""Fewer test samples where an engine is slow: VGG-small at dt = 0.001 ms takes ~20 s per image."""
+
 
 @dataclass(frozen=True)
 class Engine:
@@ -54,7 +57,8 @@ def run_row(dataset: str, arch: str, variant: str, engine: Engine, *, models_dir
     """Convert one bundled model, simulate its test split with ``engine``, and measure everything."""
     model, record = zoo.load_pretrained(arch, dataset, models_dir)
     data = datasets.load_dataset(dataset)
-    limit = min(x for x in (n_test, engine.subset, len(data.x_test)) if x is not None)
+    subset = SMALLER_SUBSETS.get((arch, engine.timing), engine.subset)
+    limit = min(x for x in (n_test, subset, len(data.x_test)) if x is not None)
     x, y = data.x_test[:limit], data.y_test[:limit]
     net = convert(model, data.x_train, variant=variant, dt=engine.dt)
     compile_s = 0.0
