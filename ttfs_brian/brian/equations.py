@@ -82,8 +82,8 @@ INTEGRATOR_MODEL = f"""
 dv/dt = ((alpha + I) * f_in + beta * f_late) / tau_c : 1
 f_in = {_gate('t_on', 't_off')} : 1
 f_late = {_gate('t_late', 't_never')} : 1
-rate = (alpha + I) * int(tr + step - tol * step > t_on) * int(tr + step - tol * step < t_off) + beta * int(tr + step - tol * step > t_late) : 1
-t_cross = tr + step - tau_c * (v - theta) / clip(rate, 1e-12, 1e300) : second
+rate = (alpha + I) * int(tr + dt - tol * dt > t_on) * int(tr + dt - tol * dt < t_off) + beta * int(tr + dt - tol * dt > t_late) : 1
+t_cross = tr + dt - tau_c * (v - theta) / clip(rate, 1e-12, 1e300) : second
 I : 1
 alpha : 1 (constant)
 beta : 1 (constant)
@@ -100,7 +100,6 @@ t_max : second (constant, shared)
 tr = t - t0 : second
 t0 : second (shared)
 t_end : second (constant, shared)
-step : second (constant, shared)
 """
 """``rate`` is the slope of ``v`` (per tau_c) at the end of the step, with the gates evaluated just
 before ``t + dt``; ``t_cross`` is where the line through ``v(t + dt)`` with that slope meets ``theta``
@@ -117,24 +116,23 @@ t_off : second (constant, shared)
 tr = t - t0 : second
 t0 : second (shared)
 t_end : second (constant, shared)
-step : second (constant, shared)
 """
 """The output layer: no threshold; ``v`` stops at ``t_off = t_min(out)`` and is the logit
 (plus ``bias`` in ``sparse``, added when reading out)."""
 
 #: variant ``exact`` (SPEC 3): first crossing after the gate opens, or a forced spike at ``t_max``.
-EXACT_THRESHOLD = "not spiked and tr > t_fire - 0.5 * step and (v >= theta or tr + step >= t_max - tol * step)"
+EXACT_THRESHOLD = "not spiked and tr > t_fire - 0.5 * dt and (v >= theta or tr + dt >= t_max - tol * dt)"
 
 #: variant ``sparse`` (SPEC 4): only a crossing inside ``[t_min(n), t_max(n))``; silence otherwise.
 SPARSE_THRESHOLD = {
-    "precise": "not spiked and tr > t_fire - 0.5 * step and v >= theta and t_cross < t_max - tol * step",
-    "grid": "not spiked and tr > t_fire - 0.5 * step and v >= theta and tr < t_max - 0.5 * step",
+    "precise": "not spiked and tr > t_fire - 0.5 * dt and v >= theta and t_cross < t_max - tol * dt",
+    "grid": "not spiked and tr > t_fire - 0.5 * dt and v >= theta and tr < t_max - 0.5 * dt",
 }
 
 INTEGRATOR_RESET = {
     # Clip: not before the gate (SPEC 3's V(t_min(p)) = 0 start; sparse's firing window) nor before the
     # previous step (see module docstring), not after t_max (the forced spike of ``exact``).
-    "precise": "t_spike = clip(t_cross, clip(tr - step, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True",
+    "precise": "t_spike = clip(t_cross, clip(tr - dt, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True",
     "grid": "t_spike = tr\nt_raw = t_cross\nspiked = True",
 }
 
@@ -145,12 +143,11 @@ t_spike : second
 spiked : boolean
 tr = t - t0 : second
 t0 : second (shared)
-step : second (constant, shared)
 """
 """``t_in`` is the spike time of an input neuron, ``t_max(0) - u * tau_c``; it is the only variable
 that changes from batch to batch (through ``run_args`` in standalone mode, no recompilation)."""
 
-INPUT_THRESHOLD = "not spiked and tr + step >= t_in"
+INPUT_THRESHOLD = "not spiked and tr + dt >= t_in"
 INPUT_RESET = {"precise": "t_spike = t_in\nspiked = True", "grid": "t_spike = tr\nspiked = True"}
 
 # ----------------------------------------------------------------------------- max pool
@@ -164,7 +161,6 @@ t_spike : second
 spiked : boolean
 tr = t - t0 : second
 t0 : second (shared)
-step : second (constant, shared)
 """
 """``n_in`` counts the pool inputs that have spiked, ``t_first``/``t_last`` are their earliest and
 latest spike times; ``need`` is 1 for a max pool (``pool_sign = +1``: fire with the first input) and
@@ -208,8 +204,8 @@ ROUND_RESET = {
 INPUT_FROM_TABLE = "t_in = t_in_table(t, i)"
 
 #: the last step of a round (``t_end`` = P, a multiple of dt): the readout of the output's ``v``
-END_OF_ROUND = "tr > t_end - 1.5 * step"
+END_OF_ROUND = "tr > t_end - 1.5 * dt"
 
 #: ``exact`` hidden neurons whose threshold crossing lies before ``t_min`` (``t_late``) report their
 #: final ``v`` and ``I`` at the end of the round, for the clipped/early-firing report
-REPORT_EVENT = "spiked and t_raw < t_late - tol * step and " + END_OF_ROUND
+REPORT_EVENT = "spiked and t_raw < t_late - tol * dt and " + END_OF_ROUND

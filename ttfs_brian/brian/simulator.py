@@ -455,7 +455,6 @@ class Simulator:
                 setattr(group, key, np.tile(value, replicas))
             for key, value in stage.shared.items():
                 setattr(group, key, value * b2.ms)
-            group.step = self.dt * b2.ms
             if stage.role in ("hidden", "output"):
                 group.t_end = period * b2.ms
             if multiplexed:
