@@ -124,12 +124,15 @@ def configure_cuda(compute_capability: float | None = None) -> None:
     """brian2cuda preferences so that ``cuda_standalone`` code also builds where no GPU is visible.
 
     Without ``nvidia-smi`` (no GPU) GPU detection is switched off and ``compute_capability`` (default
-    9.0) and ``gpu_id`` 0 are set. nvcc gets ``-std=c++17`` (Brian2's headers need it). When the
+    9.0) and ``gpu_id`` 0 are set. Loop-invariant hoisting is off (see below). nvcc gets ``-std=c++17`` (Brian2's headers need it). When the
     ``nvidia-curand`` wheel is installed, its ``curand.h`` goes on the include path and a private
     folder with a ``libcurand.so`` link to the wheel's ``libcurand.so.10`` on the library path.
     """
     import brian2 as b2
 
+    # brian2cuda declares a shared variable twice (a compile error) when a statement uses it both in
+    # hoisted loop-invariant code and in per-neuron code; without hoisting there is one declaration.
+    b2.prefs.codegen.loop_invariant_optimisations = False
     backend = b2.prefs.devices.cuda_standalone.cuda_backend
     if shutil.which("nvidia-smi") is None or compute_capability is not None:
         backend.detect_gpus = False
