@@ -434,6 +434,13 @@ class Simulator:
                                        namespace=namespace, name=name)
                 group.t_first = eq.NEVER_MS * b2.ms
                 group.t_last = -eq.NEVER_MS * b2.ms
+                # A pool fires in the step of its deciding input, after that input's pathway: with the
+                # default schedule it would fire one step later, and a target could cross its threshold
+                # in that step without the (often inhibitory) pooled input, as late as a whole window.
+                group.thresholder["spike"].when = "after_resets"
+                group.thresholder["spike"].order = 10 * k + 1
+                group.resetter["spike"].when = "after_resets"
+                group.resetter["spike"].order = 10 * k + 2
             elif stage.role == "hidden":
                 threshold = eq.EXACT_THRESHOLD if self.net.variant == "exact" else eq.SPARSE_THRESHOLD[self.timing]
                 report = self.net.variant == "exact"
@@ -453,7 +460,7 @@ class Simulator:
             if stage.role != "output":
                 # After the resets, which set t_spike (the spike is stamped with the step start t).
                 self._monitors[(stage.layer.name, "spikes")] = b2.SpikeMonitor(
-                    group, variables=spike_vars, when="after_resets", name=f"{name}_spikes")
+                    group, variables=spike_vars, when="after_resets", order=10 * k + 3, name=f"{name}_spikes")
             for key, value in stage.params.items():
                 setattr(group, key, np.tile(value, replicas))
             for key, value in stage.shared.items():
@@ -484,6 +491,7 @@ class Simulator:
                                        namespace=namespace, name=f"{name}_syn")
             # After the resets, so that the presynaptic t_spike is already set (SPEC section 6).
             synapses.pre.when = "after_resets"
+            synapses.pre.order = 10 * k
             if pre.size:
                 synapses.connect(i=pre, j=post)
                 if stage.role != "pool":
