@@ -36,6 +36,13 @@ def main() -> None:
     flagged = table[table["flagged"] > 0]
     notes = [f"{r.model} {r.variant} ({r.engine} {r.timing}): {r.flagged} flagged samples; agreement {r.agreement:.4f}"
              for r in flagged.itertuples()] or ["No row was flagged: every engine reproduced every prediction."]
+    coarse = table[(table["timing"] == "precise") & (table["max_abs_dt_ms"] > 1e-9)]
+    notes += [f"{r.model} {r.variant}, Brian2 precise (dt = {r.dt:g} ms): max |dt| {r.max_abs_dt_ms:.1e} ms, above "
+              "the 1e-9 ms that the other networks meet. The cause is not identified yet (an open defect); "
+              "no spike is missing and every prediction agrees."
+              for r in coarse.itertuples()]
+    notes.append("Grid rows run on a subset (50 test samples; 10 for VGG-small, whose dt = 0.001 ms simulation takes "
+                 "~20 s per image); their relu_acc is that of the subset.")
     results_index(table, figures, args.out / "README.md", notes=notes, commands=[
         "python experiments/conversion_table.py   # this table and the figures (make results)",
         "python experiments/bench_analytic.py     # analytic engine vs torch forward",
