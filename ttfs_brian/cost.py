@@ -7,8 +7,13 @@ from .network import TTFSNetwork
 from .result import SimulationResult
 
 
-def synaptic_events(net: TTFSNetwork, result: SimulationResult) -> int:
-    """Spikes times fan-out, summed over every synaptic projection and every sample."""
+def synaptic_events(net: TTFSNetwork, result: SimulationResult,
+                    fan_out: dict[str, np.ndarray] | None = None) -> int:
+    """Spikes times fan-out, summed over every synaptic projection and every sample.
+
+    ``fan_out`` (layer name -> out-degree of each neuron of its input layer) saves rebuilding the
+    connectivity when the caller already has it.
+    """
     from .brian.connectivity import for_layer
 
     n = result.logits.shape[0]
@@ -17,8 +22,9 @@ def synaptic_events(net: TTFSNetwork, result: SimulationResult) -> int:
         if layer.kind == "input":
             continue
         pred = net.predecessor(layer)
+        degree = fan_out[layer.name] if fan_out is not None else for_layer(layer, pred).fan_out
         spiked = ~np.isnan(result.spike_times[pred.name]).reshape(n, -1)
-        total += int(spiked.sum(axis=0, dtype=np.int64) @ for_layer(layer, pred).fan_out)
+        total += int(spiked.sum(axis=0, dtype=np.int64) @ degree)
     return total
 
 

@@ -90,6 +90,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..cost import synaptic_events
 from ..network import Layer, TTFSNetwork
 from ..result import SimulationResult, build_report, layer_record
 from . import connectivity as conn_mod
@@ -746,7 +747,8 @@ class Simulator:
             n_synapses=self.synapses_per_sample, n_synapses_compiled=self.replicas * self.synapses_per_sample,
             duration_ms=self.duration_ms(), period_ms=self.period_ms(),
             build_dir=None if self.build_dir is None else str(self.build_dir))
-        result.meta["synaptic_events"] = self._synaptic_events(result)
+        fan_out = {stage.layer.name: stage.conn.fan_out for stage in self._stages if stage.conn is not None}
+        result.meta["synaptic_events"] = synaptic_events(self.net, result, fan_out)
         return result
 
     # ------------------------------------------------------------------ results
@@ -799,13 +801,3 @@ class Simulator:
             flagged |= (clipped_n + early_n) > 0
         assert logits is not None
         return SimulationResult(logits, spike_times, build_report(records), flagged, backend="brian2", meta={})
-
-    def _synaptic_events(self, result: SimulationResult) -> int:
-        """Spikes times fan-out, summed over all synapse groups and samples."""
-        total = 0
-        for stage in self._stages:
-            if stage.conn is None:
-                continue
-            spiked = ~np.isnan(result.spike_times[stage.pred.name]).reshape(result.logits.shape[0], -1)
-            total += int(spiked.astype(np.int64).sum(axis=0) @ stage.conn.fan_out)
-        return total
