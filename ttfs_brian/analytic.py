@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from .graph import conv_attrs, signed_max_pool
 from .network import Layer, TTFSNetwork
 from .result import SimulationResult, build_report, layer_record
-from .validation import validate_inputs
+from .validation import encode_inputs, validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor) -> Simulat
                 continue
             clipped = early = None
             if layer.kind == "input":
-                value, clipped = _encode(layer, data)
+                u, clipped_np = encode_inputs(net, data)
+                value, clipped = _t(u), torch.as_tensor(clipped_np)
                 if clipped.any():
                     log.warning("%d input values lie outside the calibrated range and were clipped",
                                 int(clipped.sum()))
@@ -96,13 +97,6 @@ def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor) -> Simulat
 def _pool_attrs(layer: Layer) -> dict:
     return {key: tuple(layer.attrs[key]) if isinstance(layer.attrs[key], list) else layer.attrs[key]
             for key in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
-
-
-def _encode(layer: Layer, data: np.ndarray):
-    """Input values ``u = (x - low) / (high - low)``, clipped to [0, 1] (and counted)."""
-    u = _t((data - layer.arrays["low"]) / (layer.arrays["high"] - layer.arrays["low"]))
-    clipped = (u < 0) | (u > 1)
-    return u.clamp_(0.0, 1.0), clipped
 
 
 def _clamped_input(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]) -> tuple[torch.Tensor, float]:

@@ -25,3 +25,11 @@ def validate_inputs(net: TTFSNetwork, x) -> np.ndarray:
         hint = " (a single sample? add a batch dimension: x[None])" if array.shape == tuple(shape) else ""
         raise ValueError(f"inputs have shape {array.shape}; the network expects (N, {', '.join(map(str, shape))}){hint}")
     return array
+
+
+def encode_inputs(net: TTFSNetwork, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Input values ``u = (x - low) / (high - low)`` clipped to [0, 1], and the mask of clipped inputs."""
+    layer = net.input
+    u = (data - layer.arrays["low"]) / (layer.arrays["high"] - layer.arrays["low"])
+    clipped = (u < 0) | (u > 1)
+    return np.clip(u, 0.0, 1.0), clipped

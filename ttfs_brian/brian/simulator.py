@@ -93,6 +93,7 @@ import numpy as np
 from ..cost import synaptic_events
 from ..network import Layer, TTFSNetwork
 from ..result import SimulationResult, build_report, layer_record
+from ..validation import encode_inputs
 from . import connectivity as conn_mod
 from . import equations as eq
 from .connectivity import Connectivity
@@ -645,11 +646,8 @@ class Simulator:
     # ------------------------------------------------------------------ running
     def _encode(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Input spike times (ms; silent = NEVER) and the clipped mask, as in the analytic engine."""
-        layer = self.net.input
-        u = (data - layer.arrays["low"]) / (layer.arrays["high"] - layer.arrays["low"])
-        clipped = (u < 0) | (u > 1)
-        u = np.clip(u, 0.0, 1.0)
-        t_in = layer.t_max - u * self.net.tau_c
+        u, clipped = encode_inputs(self.net, data)
+        t_in = self.net.input.t_max - u * self.net.tau_c
         if self.net.variant == "sparse":
             t_in = np.where(u > 0, t_in, eq.NEVER_MS)  # value 0 is silence
         return t_in.reshape(data.shape[0], -1), clipped
