@@ -260,3 +260,29 @@ def test_standalone_openmp_sparse_small_dt(standalone_sparse_mlp, data):
     # grid mode on the same network is off by ~dt: the precise agreement above is not a coincidence
     grid = Simulator(net, timing="grid", dt=0.002, codegen_target="numpy").run(data["mlp_x"])
     assert np.abs(b.logits - grid.logits).max() > 1e-4
+
+
+def large_weight_mlp() -> nn.Module:
+    """BatchNorm with a tiny variance after a ReLU: large folded TTFS weights (hundreds in exact), like VGG-small."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.BatchNorm1d(8), nn.Linear(8, 5), nn.ReLU(), nn.Linear(5, 3))
+    with torch.no_grad():
+        model[2].running_var.fill_(1e-4)
+    return model.eval()
+
+
+@pytest.mark.parametrize("variant", ["exact", "sparse"])
+def test_standalone_large_weights_many_rounds_and_same_step_inputs(variant, data):
+    """Two regressions at once, each at least 60x above the 1e-12 ms asserted here:
+
+    - 2000 rounds in one run (absolute times up to 21 s): round-relative time must not inherit the
+      rounding of the absolute time, which the summed weights multiply (8e-11 ms, logits 7e-10);
+    - dt = 0.5 ms spans several input spikes: a neuron must test its threshold on v including the
+      (inhibitory) inputs of the same step (``exact`` fired 6 neurons up to 2.9 ms early).
+    """
+    net = convert(large_weight_mlp(), data["mlp_calib"], variant=variant, dt=0.5)
+    assert max(np.abs(layer.arrays["weight"]).max() for layer in net.layers.values() if "weight" in layer.arrays) > 30
+    x = torch.rand(2000, 6, generator=torch.Generator().manual_seed(4)).numpy()
+    b = Simulator(net, device="cpp_standalone", timing="precise", dt=0.5, batch_size=1).run(x)
+    assert b.meta["rounds"] == 2000 and b.meta["period_ms"] * 2000 > 20_000
+    assert_same(simulate_analytic(net, x), b, tol=1e-12)

@@ -33,40 +33,56 @@ interval, ``(clip(t + dt, a, b) - clip(t, a, b)) / dt``, so the Euler step ``v +
 adds exactly ``integral rate dt`` of the piecewise-constant rate, wherever the window edges lie
 relative to the grid.
 
-**Precise spike times** (SPEC section 6, ``timing="precise"``). Brian2 tests the threshold after
-the state update, on ``v(t + dt)``, and the rate has been constant since the last input or gate
-edge, so the crossing is ``t_cross = t + dt - tau_c (v - theta) / rate``. Synapses run after
-the resets (``when="after_resets"``) and read the presynaptic ``t_spike`` set by the reset; they
-add ``w`` to ``I_post`` and add to ``v_post`` what ``w`` would have contributed between the
-spike and the end of the step, ``w * |[t_spike, t + dt] & [t_on, t_off]| / tau_c``, so ``v`` is
-exact at every step end again. A crossing that the correction itself causes is caught one step
-later; the back-extrapolation still lands on the exact time (hence the lower clip ``t - dt``).
+**Precise spike times** (SPEC section 6, ``timing="precise"``). Within each step the layers take
+turns in feed-forward order (all in slot ``after_resets``; see :mod:`ttfs_brian.brian.simulator`):
+first the pathway into layer ``n`` delivers the spikes of layer ``n - 1`` from this step, then
+layer ``n`` tests its threshold and resets, then layer ``n + 1`` gets its turn. A delivery adds
+``w`` to ``I_post`` and adds to ``v_post`` what ``w`` would have contributed between the spike and
+the end of the step, ``w * |[t_spike, t + dt] & [t_on, t_off]| / tau_c``, so ``v`` is exact at
+the end of the step (``v(t + dt)``) when the threshold is tested. The rate has been constant since
+the last input or gate edge, so the crossing is ``t_cross = t + dt - tau_c (v - theta) / rate``:
+exact whenever no input arrives in the crossing step after the crossing. Later arrivals within the
+crossing step are possible only for a neuron that crosses while its inputs still arrive, i.e.
+before its ``t_min``: an ``exact`` neuron that fires early (counted in the report); ``sparse``
+neurons fire only after ``t_min``. Such a neuron gets the time of the line through ``v(t + dt)``
+(clipped to the step), or, if a later inhibitory input pulls ``v`` back under ``theta`` within the
+step, no spike in this step.
 
 **Grid spike times** (``timing="grid"``): plain Brian2. The same model without the sub-step
 correction; a spike is stamped with the step start ``t`` and acts from the next step on, so the
 error grows by up to one ``dt`` per layer.
 
-**Rounds.** Every time in these equations is counted from the group's round start ``t0`` (a
-shared variable): ``tr = t - t0`` stands where a single-sample simulation would use ``t``, spike
-times are relative to the round, and :data:`ROUND_RESET` starts a new sample (standalone devices
-simulate several samples one after the other in one run; see :mod:`ttfs_brian.brian.simulator`).
-With ``t0 = 0`` (runtime) this is exactly the single-sample model. The subtraction costs a
-rounding of ``t`` (~1e-16 relative), i.e. ~1e-13 ms after a thousand 40 ms rounds.
+**Rounds.** Every time in these equations is counted from the group's round start: ``tr`` is the
+number of steps since the round began (``round_step``, a shared integer) times ``dt``, and stands
+where a single-sample simulation would use ``t``; spike times are relative to the round, and
+:data:`ROUND_RESET` starts a new sample (standalone devices simulate several samples one after the
+other in one run; see :mod:`ttfs_brian.brian.simulator`). With ``round_step = 0`` (runtime) this is
+exactly the single-sample model. Counting in integer steps matters: ``t - t0`` in floating point
+carries the rounding of the absolute time (~1e-16 s relative, i.e. ~4e-13 ms at t = 2 s), which the
+gates multiply by the summed weights ``I`` (hundreds to thousands after BatchNorm folding): VGG-small
+spike times were off by up to 2.5e-8 ms in late rounds that way.
 
 Per-layer times are shared (scalar) variables of each group: ``tau_c``, ``t_on``, ``t_off``,
 ``t_late``, ``t_fire`` (earliest allowed firing) and ``t_max``. They are variables, not namespace
 constants, because Brian2 folds namespace constants into the generated code as literals: every new
 network would then be recompiled by the Cython runtime target; as variables, networks of the same
 structure share compiled code. Only network-independent constants live in the namespace: ``tol``
-(a fraction of ``dt`` used only to compare times that are equal in exact arithmetic) and
-``t_never`` (a finite "infinity").
+(a fraction of ``dt`` used only to compare grid times that are equal in exact arithmetic), ``t_eps``
+(:data:`TIME_EPS_MS`) and ``t_never`` (a finite "infinity").
 """
 from __future__ import annotations
 
 TIMINGS = ("precise", "grid")
 
 TOL = 1e-6
-"""Fraction of ``dt`` by which two times that are equal in exact arithmetic may differ after rounding."""
+"""Fraction of ``dt`` by which two grid times (step edges, dt-aligned window edges) that are equal in
+exact arithmetic may differ after rounding."""
+
+TIME_EPS_MS = 1e-10
+"""Resolution (ms) of off-grid comparisons of a crossing time with a window edge: a ``sparse`` crossing
+less than this before ``t_max`` is a value of 0 (silence), a crossing less than this before ``t_min``
+is not clipped. Far above the rounding of ``t_cross`` (~1e-13 ms measured on VGG-small), far below
+the 1e-9 ms to which the precise timing is held."""
 
 NEVER_MS = 1e9
 """A time (ms) later than any simulation: the spike time of a silent input, an unset pool time."""
@@ -97,8 +113,9 @@ t_off : second (constant, shared)
 t_late : second (constant, shared)
 t_fire : second (constant, shared)
 t_max : second (constant, shared)
-tr = t - t0 : second
-t0 : second (shared)
+tr = (timestep(t, dt) - round_step) * dt : second
+round_step : integer (shared)
+steps_per_round : integer (constant, shared)
 t_end : second (constant, shared)
 """
 """``rate`` is the slope of ``v`` (per tau_c) at the end of the step, with the gates evaluated just
@@ -113,8 +130,9 @@ alpha : 1 (constant)
 tau_c : second (constant, shared)
 t_on : second (constant, shared)
 t_off : second (constant, shared)
-tr = t - t0 : second
-t0 : second (shared)
+tr = (timestep(t, dt) - round_step) * dt : second
+round_step : integer (shared)
+steps_per_round : integer (constant, shared)
 t_end : second (constant, shared)
 """
 """The output layer: no threshold; ``v`` stops at ``t_off = t_min(out)`` and is the logit
@@ -125,14 +143,14 @@ EXACT_THRESHOLD = "not spiked and tr > t_fire - 0.5 * dt and (v >= theta or tr +
 
 #: variant ``sparse`` (SPEC 4): only a crossing inside ``[t_min(n), t_max(n))``; silence otherwise.
 SPARSE_THRESHOLD = {
-    "precise": "not spiked and tr > t_fire - 0.5 * dt and v >= theta and t_cross < t_max - tol * dt",
+    "precise": "not spiked and tr > t_fire - 0.5 * dt and v >= theta and t_cross < t_max - t_eps",
     "grid": "not spiked and tr > t_fire - 0.5 * dt and v >= theta and tr < t_max - 0.5 * dt",
 }
 
 INTEGRATOR_RESET = {
     # Clip: not before the gate (SPEC 3's V(t_min(p)) = 0 start; sparse's firing window) nor before the
-    # previous step (see module docstring), not after t_max (the forced spike of ``exact``).
-    "precise": "t_spike = clip(t_cross, clip(tr - dt, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True",
+    # step (v was below theta at its start), not after t_max (the forced spike of ``exact``).
+    "precise": "t_spike = clip(t_cross, clip(tr, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True",
     "grid": "t_spike = tr\nt_raw = t_cross\nspiked = True",
 }
 
@@ -141,8 +159,9 @@ INPUT_MODEL = """
 t_in : second
 t_spike : second
 spiked : boolean
-tr = t - t0 : second
-t0 : second (shared)
+tr = (timestep(t, dt) - round_step) * dt : second
+round_step : integer (shared)
+steps_per_round : integer (constant, shared)
 """
 """``t_in`` is the spike time of an input neuron, ``t_max(0) - u * tau_c``; it is the only variable
 that changes from batch to batch (through ``run_args`` in standalone mode, no recompilation)."""
@@ -159,8 +178,9 @@ t_first : second
 t_last : second
 t_spike : second
 spiked : boolean
-tr = t - t0 : second
-t0 : second (shared)
+tr = (timestep(t, dt) - round_step) * dt : second
+round_step : integer (shared)
+steps_per_round : integer (constant, shared)
 """
 """``n_in`` counts the pool inputs that have spiked, ``t_first``/``t_last`` are their earliest and
 latest spike times; ``need`` is 1 for a max pool (``pool_sign = +1``: fire with the first input) and
@@ -179,7 +199,7 @@ ON_PRE_INTEGRATOR = {
     # I_post += w: the slope from the next step on; v_post += ...: the part of the current step
     # after the spike, inside the target's input gate [t_on, t_off].
     "precise": ("I_post += w\n"
-                "v_post += w * (clip(t - t0_post + dt, t_on_post, t_off_post) - clip(t_spike_pre, t_on_post, t_off_post)) / tau_c_post"),
+                "v_post += w * (clip(tr_post + dt, t_on_post, t_off_post) - clip(t_spike_pre, t_on_post, t_off_post)) / tau_c_post"),
     "grid": "I_post += w",
 }
 
@@ -190,22 +210,30 @@ ON_PRE_POOL = (
 )
 
 # ----------------------------------------------------------------------------- rounds (time-multiplexing)
-# Every group counts time from its own round start ``t0`` (``tr = t - t0`` above): a standalone run
-# simulates K samples per replica one after the other, round k in [k P, (k + 1) P). At each round
-# start (``run_regularly``, slot ``start``, before anything else) these statements put every
-# per-sample variable back to its initial value and move ``t0`` to the round start; the input layer
-# also takes its new spike times from the table (a 2-D ``TimedArray``: rounds x neurons, dt = P).
+# Every group counts time from its own round start (``tr`` above): a standalone run simulates K
+# samples per replica one after the other, round k in [k P, (k + 1) P). Every step (``run_regularly``
+# on the simulation clock, slot ``start``, before anything else) each group computes ``new_round``,
+# 1 at the first step of a round and 0 otherwise, and these statements then put every per-sample
+# variable back to its initial value and move ``round_step`` to the round start; the input layer also
+# takes its new spike times from the table (a 2-D ``TimedArray``: rounds x neurons, dt = P). Brian2's
+# abstract code has no ``if``, hence ``x * (1 - new_round)`` for "x, or 0 at a round start".
+# Not ``run_regularly(dt=P)``: Brian2 runs two clocks in the same step only while their times agree
+# to 1e-14 s (absolute); after ~64 s of simulated time (1000 rounds of 64 ms) they no longer did, the
+# reset came after the first step of some rounds, and those rounds lost their readout.
+NEW_ROUND = ("round_step += int(timestep(t, dt) % steps_per_round == 0) * (timestep(t, dt) - round_step)\n"
+             "new_round = int(round_step == timestep(t, dt))\n")  # (Brian2: scalar writes first)
+KEEP = "(1 - new_round)"
 ROUND_RESET = {
-    "input": "t0 = t\nspiked = False",
-    "hidden": "t0 = t\nv = 0\nI = 0\nspiked = False",
-    "pool": "t0 = t\nn_in = 0\nt_first = t_never\nt_last = -t_never\nspiked = False",
-    "output": "t0 = t\nv = 0\nI = 0",
+    "input": NEW_ROUND + f"t_in = new_round * t_in_table(t, i) + {KEEP} * t_in\nspiked = spiked and new_round == 0",
+    "hidden": NEW_ROUND + f"v *= {KEEP}\nI *= {KEEP}\nspiked = spiked and new_round == 0",
+    "pool": NEW_ROUND + (f"n_in *= {KEEP}\nt_first = new_round * t_never + {KEEP} * t_first\n"
+                         f"t_last = -new_round * t_never + {KEEP} * t_last\nspiked = spiked and new_round == 0"),
+    "output": NEW_ROUND + f"v *= {KEEP}\nI *= {KEEP}",
 }
-INPUT_FROM_TABLE = "t_in = t_in_table(t, i)"
 
 #: the last step of a round (``t_end`` = P, a multiple of dt): the readout of the output's ``v``
 END_OF_ROUND = "tr > t_end - 1.5 * dt"
 
 #: ``exact`` hidden neurons whose threshold crossing lies before ``t_min`` (``t_late``) report their
 #: final ``v`` and ``I`` at the end of the round, for the clipped/early-firing report
-REPORT_EVENT = "spiked and t_raw < t_late - tol * dt and " + END_OF_ROUND
+REPORT_EVENT = "spiked and t_raw < t_late - t_eps and " + END_OF_ROUND

@@ -27,9 +27,9 @@ cpp_standalone         0.049       0.016       0.008
 Standalone devices also *time-multiplex*: one run of the binary simulates ``K`` rounds, round
 ``k`` in ``[k P, (k + 1) P)`` (``P`` = :meth:`Simulator.duration_ms` rounded up to a multiple of
 ``dt``) holding samples ``k R .. k R + R - 1``. Every group counts time from its own round start
-``t0`` (``tr = t - t0`` in :mod:`~ttfs_brian.brian.equations`); at each round start a
-``run_regularly`` (slot ``start``, before everything else) resets the per-sample state, moves
-``t0`` and loads the input spike times of the round from a 2-D ``TimedArray`` (rounds x input
+(``tr``, integer steps since ``round_step``, in :mod:`~ttfs_brian.brian.equations`); at each round
+start a ``run_regularly`` (slot ``start``, before everything else) resets the per-sample state, moves
+``round_step`` and loads the input spike times of the round from a 2-D ``TimedArray`` (rounds x input
 neurons, ``dt = P``), whose values every run takes through ``run_args``: no recompilation. A
 batch of ``N`` samples needs ``ceil(N / (R K))`` runs (``meta["chunks"]``; the last one padded
 with silent inputs), so what each run of the binary pays once (loading the synapse arrays,
@@ -445,7 +445,7 @@ class Simulator:
             clock = b2.Clock(dt=self.dt * b2.ms, name="ttfs_clock")
         period = self.period_ms()
         multiplexed = self.device != "runtime"
-        namespace = {"tol": eq.TOL, "t_never": eq.NEVER_MS * b2.ms}
+        namespace = {"tol": eq.TOL, "t_eps": eq.TIME_EPS_MS * b2.ms, "t_never": eq.NEVER_MS * b2.ms}
         objects = []
         stages_by_name = {}
         self._monitors = {}
@@ -462,7 +462,6 @@ class Simulator:
                     self._table = b2.TimedArray(np.full((rounds, n), eq.NEVER_MS) * b2.ms, dt=period * b2.ms,
                                                 name="ttfs_t_in_table")
                     group_ns = {**namespace, "t_in_table": self._table}
-                    reset_code = reset_code + "\n" + eq.INPUT_FROM_TABLE  # scalar writes (t0) first
                 group = b2.NeuronGroup(n, eq.INPUT_MODEL, threshold=eq.INPUT_THRESHOLD,
                                        reset=eq.INPUT_RESET[self.timing], clock=clock,
                                        namespace=group_ns, name=name)
@@ -473,13 +472,6 @@ class Simulator:
                                        namespace=namespace, name=name)
                 group.t_first = eq.NEVER_MS * b2.ms
                 group.t_last = -eq.NEVER_MS * b2.ms
-                # A pool fires in the step of its deciding input, after that input's pathway: with the
-                # default schedule it would fire one step later, and a target could cross its threshold
-                # in that step without the (often inhibitory) pooled input, as late as a whole window.
-                group.thresholder["spike"].when = "after_resets"
-                group.thresholder["spike"].order = 10 * k + 1
-                group.resetter["spike"].when = "after_resets"
-                group.resetter["spike"].order = 10 * k + 2
             elif stage.role == "hidden":
                 threshold = eq.EXACT_THRESHOLD if self.net.variant == "exact" else eq.SPARSE_THRESHOLD[self.timing]
                 report = self.net.variant == "exact"
@@ -497,7 +489,17 @@ class Simulator:
                 self._monitors[(stage.layer.name, "readout")] = b2.EventMonitor(
                     group, "readout", variables=["v"], name=f"{name}_readout")
             if stage.role != "output":
-                # After the resets, which set t_spike (the spike is stamped with the step start t).
+                # Layer by layer within each step (slot after_resets, order 10 k + ...): the inputs that
+                # arrived in this step (pathway into stage k, order 10 k) are in v before the threshold
+                # test, and the spikes reach stage k + 1 before its test in the same step. With Brian2's
+                # default schedule every group tests its threshold before any pathway runs, so a neuron
+                # could fire on a v that lacks an (inhibitory) input of the same step; a pool would pass
+                # its spike on one step late.
+                group.thresholder["spike"].when = "after_resets"
+                group.thresholder["spike"].order = 10 * k + 1
+                group.resetter["spike"].when = "after_resets"
+                group.resetter["spike"].order = 10 * k + 2
+                # After the reset, which sets t_spike (the spike is stamped with the step start t).
                 self._monitors[(stage.layer.name, "spikes")] = b2.SpikeMonitor(
                     group, variables=spike_vars, when="after_resets", order=10 * k + 3, name=f"{name}_spikes")
             for key, value in stage.params.items():
@@ -507,7 +509,8 @@ class Simulator:
             if stage.role in ("hidden", "output"):
                 group.t_end = period * b2.ms
             if multiplexed:
-                group.run_regularly(reset_code, dt=period * b2.ms, when="start", order=-100, name=f"{name}_round")
+                group.steps_per_round = self.steps_per_round()
+                group.run_regularly(reset_code, clock=clock, when="start", order=-100, name=f"{name}_round")
             stage.group = group
             objects.append(group)
             stages_by_name[stage.layer.name] = stage
@@ -656,10 +659,14 @@ class Simulator:
         replicas = max(1, min(replicas, cap))
         if self.device == "runtime":
             return replicas, 1
+        step_limit = (2**31 - 1) // self.steps_per_round()  # round_step is a 32-bit Brian2 integer
         if self.rounds is not None:
+            if self.rounds > step_limit:
+                raise ValueError(f"rounds={self.rounds} x {self.steps_per_round()} steps exceeds 2**31 steps in one "
+                                 f"run; use at most {step_limit} rounds (or a larger dt)")
             return replicas, self.rounds
         most = max(1, self.max_spikes_per_run // max(1, replicas * self.neurons_per_sample))
-        return replicas, max(1, min(math.ceil(n / replicas), most))
+        return replicas, max(1, min(math.ceil(n / replicas), most, step_limit))
 
     def build(self, batch_size: int = 1) -> None:
         """Generate and compile the network for batches of ``batch_size`` samples (replicas and, for
@@ -792,7 +799,7 @@ class Simulator:
                   input_clipped: np.ndarray) -> SimulationResult:
         """Spike times, logits and the report from the monitored values (first ``n`` samples)."""
         net = self.net
-        tol_ms = eq.TOL * self.dt
+        eps_ms = eq.TIME_EPS_MS
 
         def get(stage: _Stage, key: str) -> np.ndarray:
             return raw[stage.layer.name, key][:n].reshape(n, *stage.layer.shape)
@@ -816,7 +823,7 @@ class Simulator:
             elif stage.role == "pool":
                 clipped = np.zeros(times.shape, dtype=bool)  # a pool passes its input's time on unchanged
             else:
-                crossed_before = spiked & (np.nan_to_num(get(stage, "t_raw"), nan=np.inf) < layer.t_min - tol_ms)
+                crossed_before = spiked & (np.nan_to_num(get(stage, "t_raw"), nan=np.inf) < layer.t_min - eps_ms)
                 if net.variant == "exact":
                     # Clipped: the closed-form crossing (all inputs arrived, the line of the final slope)
                     # lies before t_min; early: the true crossing does, but the closed form does not.
@@ -826,7 +833,7 @@ class Simulator:
                     rate = (stage.params["alpha"] + stage.params["beta"]).reshape(layer.shape) + get(stage, "I")
                     theta = stage.params["theta"].reshape(layer.shape)
                     closed = end - net.tau_c * (get(stage, "v") - theta) / np.where(rate > 0, rate, np.nan)
-                    clipped = crossed_before & (np.nan_to_num(closed, nan=np.inf) < layer.t_min - tol_ms)
+                    clipped = crossed_before & (np.nan_to_num(closed, nan=np.inf) < layer.t_min - eps_ms)
                     early = crossed_before & ~clipped
                 else:
                     clipped = crossed_before
