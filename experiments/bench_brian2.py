@@ -6,7 +6,7 @@ events per image, and the ratio to the analytic engine's per-image time measured
 Spike times are compared with the analytic engine (max |dt|, spikes only in one of them, prediction
 agreement). Rows are appended to ``results/bench_brian2.csv`` as they finish (reruns skip done rows).
 
-    python experiments/bench_brian2.py [--images 1000] [--runtime-images 100]
+    python experiments/bench_brian2.py [--images 1000] [--runtime-images 100] [--batch-size R]
 """
 from __future__ import annotations
 
@@ -26,16 +26,19 @@ from ttfs_brian.cost import synaptic_events
 
 log = logging.getLogger("bench_brian2")
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-KEY = ["variant", "device", "timing", "dt", "images"]
+KEY = ["variant", "device", "timing", "dt", "images", "batch_size"]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=1000, help="test images for cpp_standalone")
-    parser.add_argument("--runtime-images", type=int, default=100, help="test images for the runtime device")
+    parser.add_argument("--runtime-images", type=int, default=100, help="test images for the runtime device (0: skip)")
     parser.add_argument("--variants", nargs="*", default=["exact", "sparse"])
-    parser.add_argument("--precise-dt", type=float, default=0.05)
-    parser.add_argument("--grid-dt", type=float, default=0.01)
+    parser.add_argument("--precise-dt", type=float, nargs="+", default=[1.0, 0.2],
+                        help="precise timing is exact at any dt once the windows are dt-aligned (converted with dt)")
+    parser.add_argument("--grid-dt", type=float, nargs="*", default=[0.05])
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="replicas R side by side (default: the Simulator's choice); rounds K = images / R")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OpenMP threads (cpp_standalone)")
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_brian2.csv")
     args = parser.parse_args()
@@ -45,12 +48,13 @@ def main() -> None:
     mnist = data.mnist5k()
     done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame(columns=KEY)
     seen = {tuple(str(v) for v in row) for row in done[KEY].itertuples(index=False)}
+    batch = "default" if args.batch_size is None else str(args.batch_size)
     configs = [(variant, device, timing, dt, n)
                for variant in args.variants
-               for device, n in (("cpp_standalone", args.images), ("runtime", args.runtime_images))
-               for timing, dt in (("precise", args.precise_dt), ("grid", args.grid_dt))]
+               for device, n in (("cpp_standalone", args.images), ("runtime", args.runtime_images)) if n > 0
+               for timing, dts in (("precise", args.precise_dt), ("grid", args.grid_dt)) for dt in dts]
     for variant, device, timing, dt, n in configs:
-        if (variant, device, timing, str(dt), str(n)) in seen:
+        if (variant, device, timing, str(dt), str(n), batch) in seen:
             log.info("skipping %s %s %s dt=%s (done)", variant, device, timing, dt)
             continue
         x = mnist.x_test[:n]
@@ -59,7 +63,7 @@ def main() -> None:
         reference = simulate_analytic(net, x)
         analytic_s = time.perf_counter() - start
         start = time.perf_counter()
-        sim = Simulator(net, device=device, timing=timing, dt=dt,
+        sim = Simulator(net, device=device, timing=timing, dt=dt, batch_size=args.batch_size,
                         threads=args.threads if device == "cpp_standalone" else None)
         result = sim.run(x)
         total_s = time.perf_counter() - start
@@ -67,9 +71,9 @@ def main() -> None:
         layers = diff[diff["layer"] != "logits"]
         report = result.report[result.report["kind"] != "input"]
         row = {
-            "variant": variant, "device": device, "timing": timing, "dt": dt, "images": n,
+            "variant": variant, "device": device, "timing": timing, "dt": dt, "images": n, "batch_size": batch,
             "threads": args.threads if device == "cpp_standalone" else 1,
-            "replicas": result.meta.get("replicas"), "n_synapses": result.meta.get("n_synapses"),
+            "replicas": result.meta.get("replicas"), "rounds": result.meta.get("rounds"), "n_synapses": result.meta.get("n_synapses"),
             "build_s": result.meta["build_s"], "compile_s": result.meta["compile_s"], "run_s": result.meta["run_s"],
             "total_s": total_s, "per_image_ms": 1e3 * total_s / n,
             "analytic_per_image_ms": 1e3 * analytic_s / n, "ratio_to_analytic": total_s / analytic_s,

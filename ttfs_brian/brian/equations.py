@@ -115,7 +115,6 @@ t_fire : second (constant, shared)
 t_max : second (constant, shared)
 tr = (timestep(t, dt) - round_step) * dt : second
 round_step : integer (shared)
-steps_per_round : integer (constant, shared)
 t_end : second (constant, shared)
 """
 """``rate`` is the slope of ``v`` (per tau_c) at the end of the step, with the gates evaluated just
@@ -132,7 +131,6 @@ t_on : second (constant, shared)
 t_off : second (constant, shared)
 tr = (timestep(t, dt) - round_step) * dt : second
 round_step : integer (shared)
-steps_per_round : integer (constant, shared)
 t_end : second (constant, shared)
 """
 """The output layer: no threshold; ``v`` stops at ``t_off = t_min(out)`` and is the logit
@@ -161,7 +159,6 @@ t_spike : second
 spiked : boolean
 tr = (timestep(t, dt) - round_step) * dt : second
 round_step : integer (shared)
-steps_per_round : integer (constant, shared)
 """
 """``t_in`` is the spike time of an input neuron, ``t_max(0) - u * tau_c``; it is the only variable
 that changes from batch to batch (through ``run_args`` in standalone mode, no recompilation)."""
@@ -180,7 +177,6 @@ t_spike : second
 spiked : boolean
 tr = (timestep(t, dt) - round_step) * dt : second
 round_step : integer (shared)
-steps_per_round : integer (constant, shared)
 """
 """``n_in`` counts the pool inputs that have spiked, ``t_first``/``t_last`` are their earliest and
 latest spike times; ``need`` is 1 for a max pool (``pool_sign = +1``: fire with the first input) and
@@ -211,24 +207,15 @@ ON_PRE_POOL = (
 
 # ----------------------------------------------------------------------------- rounds (time-multiplexing)
 # Every group counts time from its own round start (``tr`` above): a standalone run simulates K
-# samples per replica one after the other, round k in [k P, (k + 1) P). Every step (``run_regularly``
-# on the simulation clock, slot ``start``, before anything else) each group computes ``new_round``,
-# 1 at the first step of a round and 0 otherwise, and these statements then put every per-sample
+# samples per replica one after the other, round k in [k P, (k + 1) P). At each round start
+# (``run_regularly``, slot ``start``, before anything else) these statements put every per-sample
 # variable back to its initial value and move ``round_step`` to the round start; the input layer also
-# takes its new spike times from the table (a 2-D ``TimedArray``: rounds x neurons, dt = P). Brian2's
-# abstract code has no ``if``, hence ``x * (1 - new_round)`` for "x, or 0 at a round start".
-# Not ``run_regularly(dt=P)``: Brian2 runs two clocks in the same step only while their times agree
-# to 1e-14 s (absolute); after ~64 s of simulated time (1000 rounds of 64 ms) they no longer did, the
-# reset came after the first step of some rounds, and those rounds lost their readout.
-NEW_ROUND = ("round_step += int(timestep(t, dt) % steps_per_round == 0) * (timestep(t, dt) - round_step)\n"
-             "new_round = int(round_step == timestep(t, dt))\n")  # (Brian2: scalar writes first)
-KEEP = "(1 - new_round)"
+# takes its new spike times from the table (a 2-D ``TimedArray``: rounds x neurons, dt = P).
 ROUND_RESET = {
-    "input": NEW_ROUND + f"t_in = new_round * t_in_table(t, i) + {KEEP} * t_in\nspiked = spiked and new_round == 0",
-    "hidden": NEW_ROUND + f"v *= {KEEP}\nI *= {KEEP}\nspiked = spiked and new_round == 0",
-    "pool": NEW_ROUND + (f"n_in *= {KEEP}\nt_first = new_round * t_never + {KEEP} * t_first\n"
-                         f"t_last = -new_round * t_never + {KEEP} * t_last\nspiked = spiked and new_round == 0"),
-    "output": NEW_ROUND + f"v *= {KEEP}\nI *= {KEEP}",
+    "input": "round_step = timestep(t, dt)\nspiked = False\nt_in = t_in_table(t, i)",
+    "hidden": "round_step = timestep(t, dt)\nv = 0\nI = 0\nspiked = False",
+    "pool": "round_step = timestep(t, dt)\nn_in = 0\nt_first = t_never\nt_last = -t_never\nspiked = False",
+    "output": "round_step = timestep(t, dt)\nv = 0\nI = 0",
 }
 
 #: the last step of a round (``t_end`` = P, a multiple of dt): the readout of the output's ``v``

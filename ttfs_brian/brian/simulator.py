@@ -14,58 +14,43 @@ Network layout (one compiled network serves any number of batches):
 **Batches: replicas side by side, rounds one after the other.** ``R`` samples run side by side:
 every group has ``R`` copies of its neurons and every synapse list ``R`` index-shifted copies
 (:func:`connectivity.replicate`). Replication amortises Brian2's fixed cost per time step and
-object (Python in runtime mode, loop and queue bookkeeping in standalone). Measured (Brian2 2.9.0,
-2 cores, 784-100-10 ``exact`` network, dt = 0.01 ms), seconds per sample:
-
-=====================  ==========  ==========  ===========
-device                 R = 1       R = 8       R = 64
-=====================  ==========  ==========  ===========
-runtime (Cython)       0.27        0.041       0.011
-cpp_standalone         0.049       0.016       0.008
-=====================  ==========  ==========  ===========
+object, which is large in runtime mode (Python). Measured (Brian2 2.9.0, 2 cores, 784-100-10
+``exact`` network, dt = 0.01 ms, one sample per replica), seconds per sample: runtime (Cython) 0.27
+(R = 1), 0.041 (R = 8), 0.011 (R = 64).
 
 Standalone devices also *time-multiplex*: one run of the binary simulates ``K`` rounds, round
 ``k`` in ``[k P, (k + 1) P)`` (``P`` = :meth:`Simulator.duration_ms` rounded up to a multiple of
 ``dt``) holding samples ``k R .. k R + R - 1``. Every group counts time from its own round start
-(``tr``, integer steps since ``round_step``, in :mod:`~ttfs_brian.brian.equations`); at each round
-start a ``run_regularly`` (slot ``start``, before everything else) resets the per-sample state, moves
-``round_step`` and loads the input spike times of the round from a 2-D ``TimedArray`` (rounds x input
-neurons, ``dt = P``), whose values every run takes through ``run_args``: no recompilation. A
-batch of ``N`` samples needs ``ceil(N / (R K))`` runs (``meta["chunks"]``; the last one padded
-with silent inputs), so what each run of the binary pays once (loading the synapse arrays,
-writing all arrays at the end: ~1 GB for LeNet-5 at ``R = 48``) is shared by ``R K`` samples
-instead of ``R``. Results never come from the final state: ``SpikeMonitor`` s (slot
-``after_resets``, so that the reset has set ``t_spike``) record ``t_spike`` (and ``t_raw`` of
-hidden neurons) with the absolute ``t`` that names the round; the output's ``v`` is read by a
-custom event on the last step of each round (``EventMonitor``), and in ``exact`` the neurons that
-crossed their threshold before ``t_min`` report their final ``v`` and ``I`` the same way (the
-clipped / early-firing report). Runtime keeps one round per run (``Network.restore`` between
-chunks, same monitors). Defaults: standalone ``R = min(N, 32)``, ``K = ceil(N / R)`` bounded by
-``max_spikes_per_run`` (monitor memory); runtime ``R = N``; ``R`` is bounded by ``max_synapses``.
+(``tr``, integer steps since ``round_step``, in :mod:`~ttfs_brian.brian.equations`); a
+``run_regularly`` on the simulation clock (slot ``start``, before everything else) resets the
+per-sample state at the first step of each round, moves ``round_step`` and loads the input spike
+times of the round from a 2-D ``TimedArray`` (rounds x input neurons, ``dt = P``), whose values
+every run takes through ``run_args``: no recompilation. (SPEC section 6 describes one spike-time
+variable per input neuron set by ``run_args``; the input group still holds ``t_in``, but takes it
+from the table at every round start, so that one run serves ``K`` samples.) A batch of ``N``
+samples needs ``ceil(N / (R K))`` runs (``meta["chunks"]``; the last one padded with silent
+inputs). Results never come from the final state: ``SpikeMonitor`` s (right after each layer's
+reset, which sets ``t_spike``) record ``t_spike`` (and ``t_raw`` of hidden neurons) with the
+absolute ``t`` that names the round; the output's ``v`` is read by a custom event on the last step
+of each round (``EventMonitor``), and in ``exact`` the neurons that crossed their threshold before
+``t_min`` report their final ``v`` and ``I`` the same way (the clipped / early-firing report).
+Runtime keeps one round per run (``Network.restore`` between chunks, same monitors). Defaults:
+standalone ``R = min(N, 4)``, ``K = ceil(N / R)`` bounded by ``max_spikes_per_run`` (monitor
+memory) and by 1e9 steps per run; runtime ``R = N``; ``R`` is bounded by ``max_synapses``.
 
-Measured: LeNet-5 (MNIST, 8 878 neurons and 412 960 synapses per sample), precise timing,
-dt = 0.2 ms (exact to ~1e-11 ms), ``cpp_standalone``, 2 OpenMP threads on 2 cores, 1000 test
-images, wall time from creating the :class:`Simulator` to the result (compilation included;
-``run`` includes reading the monitors and assembling the result):
+Why few replicas and many rounds in standalone: what a run of the binary pays per replica (creating
+and sorting the synapses and their spike queues, writing every array to disk at the end) grows with
+``R``, while the cost per step and object, which replicas amortise, is small in C++. Measured on
+LeNet-5 (8 878 neurons and 412 960 synapses per sample, ``exact``, precise, 1000 test images, 2
+OpenMP threads on 2 cores, wall time from creating the :class:`Simulator` to the result, compilation
+included): see the ``batch_size`` rows of ``results/bench_brian2.csv``: BENCH_R_TABLE.
 
-==========================================================  ===================  =========  ===========
-                                                            build+compile (s)    run (s)    ms / image
-==========================================================  ===================  =========  ===========
-before: chunks of R = 48, one binary run each, exact        29.4                 46.8       77.5
-R = 32, K = 32, one binary run, exact                       38.0                 11.2       50.2
-same, ``build_dir`` reused by a new process, exact          4.0                  11.8       17.4
-R = 32, K = 32, one binary run, sparse                      32.8                 12.0       45.8
-same, ``build_dir`` reused by a new process, sparse         3.3                  12.3       16.6
-==========================================================  ===================  =========  ===========
-
-Compilation dominates a single batch: Brian2 writes one C++ file per code object (~90 for
-LeNet-5, ~0.5 s each, mostly headers) and 2 cores compile them. A ``build_dir`` reused by a
-later process recompiles only what changed: Brian2 leaves unchanged sources alone and the patched
-makefile keeps its time stamp, so a network of the same structure and round length (other
-weights, thresholds or windows) recompiles only ``main.cpp`` (the row above, measured with a
-third process: the first reuse after a build from another ``Simulator`` may recompile all).
-Max |spike-time - analytic| over the 1000 images: 2.7e-11 ms (``exact``; logits 1.4e-10)
-and 1.9e-11 ms (``sparse``; logits 4.4e-11); reports identical to the analytic engine's.
+Compilation: Brian2 writes one C++ file per code object (~90 for LeNet-5) and compiles them with
+``make``; :func:`_patch_makefile` makes that 34 s -> 9 s on 2 cores (precompiled headers, lower
+optimisation for set-up code). A ``build_dir`` reused by a later process recompiles only what
+changed: Brian2 leaves unchanged sources alone and the patched makefile keeps its time stamp, so a
+network of the same structure and round length (other weights, thresholds or windows) recompiles
+only ``main.cpp``.
 
 **Devices.** ``runtime`` builds the Brian2 objects once and restores their initial state before
 each chunk (``Network.store``/``restore``). ``cpp_standalone`` generates and compiles one project
@@ -105,6 +90,8 @@ DEFAULT_MAX_SYNAPSES = 20_000_000
 """Upper bound on synapses in one compiled network (all replicas), which bounds the chunk size ``R``."""
 DEFAULT_STANDALONE_REPLICAS = 4
 """Default ``R`` for standalone devices (more samples of a batch run as rounds, one after the other)."""
+ROUND_CLOCK_SHORTENING = 1e-12
+"""Relative amount by which the round-reset clock is shorter than a round (see ``_make_objects``)."""
 DEFAULT_MAX_SPIKES_PER_RUN = 20_000_000
 """Upper bound on the spikes one standalone run records (K R neurons; ~28 bytes each), which bounds ``K``."""
 
@@ -221,8 +208,9 @@ def _patch_makefile(path: Path) -> None:
     text = text.replace(include, "\n".join([
         "-include $(OBJS:.o=.d)",
         "PCH_OBJS = $(filter-out objects.o synapses_classes.o,$(OBJS))",
-        "SETUP_OBJS = $(filter-out objects.o main.o %_syn_pre_codeobject.o %_stateupdater_codeobject.o "
-        "%_thresholder_codeobject.o,$(OBJS))",
+        "HOT_OBJS = $(filter %_syn_pre_codeobject.o %_stateupdater_codeobject.o %_thresholder_codeobject.o,"
+        "$(filter-out code_objects/after_run_%,$(OBJS)))",
+        "SETUP_OBJS = $(filter-out objects.o main.o $(HOT_OBJS),$(OBJS))",
         "LEVEL = $(if $(filter objects.o,$@),O0,$(if $(filter $@,$(SETUP_OBJS)),O1,O3))",
         f"PCH = {PCH_HEADER.format(level='$(LEVEL)')}",
         "$(PCH_OBJS): " + " ".join(f"{PCH_HEADER.format(level=level)}.gch" for level in PCH_LEVELS),
@@ -386,8 +374,14 @@ class Simulator:
                      "dt=%g to align the windows)", int(off.sum()), self.dt, self.dt)
 
     def duration_ms(self) -> float:
-        """Simulated time: up to the readout, plus one step of delivery latency per layer and a margin."""
-        return self.net.output_layer.t_min + (len(self._stages) + 2) * self.dt
+        """Simulated time: up to the readout at the output's ``t_min``, plus the readout step.
+
+        Precise timing delivers every spike in the step in which it occurs (layers take turns within
+        a step), so the last step may start at ``t_min``; grid timing adds up to one step of latency
+        per layer, and those steps are simulated too so that every (late) spike is recorded.
+        """
+        latency = 0 if self.timing == "precise" else len(self._stages) + 1
+        return self.net.output_layer.t_min + (latency + 1) * self.dt
 
     def steps_per_round(self) -> int:
         return int(math.ceil(self.duration_ms() / self.dt - 1e-9))
@@ -509,8 +503,13 @@ class Simulator:
             if stage.role in ("hidden", "output"):
                 group.t_end = period * b2.ms
             if multiplexed:
-                group.steps_per_round = self.steps_per_round()
-                group.run_regularly(reset_code, clock=clock, when="start", order=-100, name=f"{name}_round")
+                # Brian2 runs two clocks in the same step only while their times agree to 1e-14 s
+                # (absolute); beyond ~64 s of simulated time k P and n dt drift further apart, and the
+                # reset ran after the first step of some rounds (which then lost their readout). A round
+                # clock shorter by 1e-12 relative always runs first: by ~1e-12 t (> the rounding of t,
+                # ~1e-16 t, and < 1e-3 dt, the margin of timestep(t, dt), for t < 1e9 dt).
+                group.run_regularly(reset_code, dt=period * (1 - ROUND_CLOCK_SHORTENING) * b2.ms, when="start",
+                                    order=-100, name=f"{name}_round")
             stage.group = group
             objects.append(group)
             stages_by_name[stage.layer.name] = stage
@@ -659,10 +658,11 @@ class Simulator:
         replicas = max(1, min(replicas, cap))
         if self.device == "runtime":
             return replicas, 1
-        step_limit = (2**31 - 1) // self.steps_per_round()  # round_step is a 32-bit Brian2 integer
+        # round_step is a 32-bit Brian2 integer, and the round clock stays ahead only for t < 1e9 dt
+        step_limit = 10**9 // self.steps_per_round()
         if self.rounds is not None:
             if self.rounds > step_limit:
-                raise ValueError(f"rounds={self.rounds} x {self.steps_per_round()} steps exceeds 2**31 steps in one "
+                raise ValueError(f"rounds={self.rounds} x {self.steps_per_round()} steps exceeds 1e9 steps in one "
                                  f"run; use at most {step_limit} rounds (or a larger dt)")
             return replicas, self.rounds
         most = max(1, self.max_spikes_per_run // max(1, replicas * self.neurons_per_sample))
@@ -724,9 +724,11 @@ class Simulator:
         """(sample within the run, neuron within the sample, recorded values in ms or units of v) of one
         monitor; only valid until the next run (runtime arrays are views)."""
         index, t, *values = self._read((stage.layer.name, key), "i", "t", *names)
-        rounds = np.floor((t * 1e3 + 0.5 * self.dt) / self.period_ms()).astype(np.int64)
-        replica, neuron = np.divmod(index.astype(np.int64), stage.layer.size)
-        return rounds * self.replicas + replica, neuron, values
+        per_ms = 1e3 / self.period_ms()
+        rounds = (t * per_ms + 0.5 * self.dt / self.period_ms()).astype(np.int64)  # t >= 0: truncation is floor
+        replica = index // stage.layer.size
+        neuron = index - replica * stage.layer.size
+        return rounds * self.replicas + replica, neuron.astype(np.int64), values
 
     def run(self, x: np.ndarray) -> SimulationResult:
         """Simulate a batch ``x`` of shape ``(N, *input_shape)`` (raw inputs, as for the ReLU network)."""
@@ -743,38 +745,34 @@ class Simulator:
         chunks = math.ceil(n / per_run)
         padded = np.full((chunks * per_run, t_in.shape[1]), eq.NEVER_MS)
         padded[:n] = t_in
-        raw: dict[tuple[str, str], np.ndarray] = {}
-        for stage in self._stages:
-            shape = (chunks * per_run, stage.layer.size)
-            if stage.role == "output":
-                raw[stage.layer.name, "v"] = np.full(shape, np.nan)
-                continue
-            raw[stage.layer.name, "t_spike"] = np.full(shape, np.nan)
-            if stage.role == "hidden":
-                for var in ("t_raw", "v", "I"):
-                    raw[stage.layer.name, var] = np.full(shape, np.nan)
+        # Flat arrays (sample-major) of what every sample needs: spike times and the output's v. The
+        # neurons that crossed before t_min are few: kept as event lists (flat index, values).
+        raw = {stage.layer.name: np.full(chunks * per_run * stage.layer.size, np.nan) for stage in self._stages}
+        crossed: dict[str, list[np.ndarray]] = {stage.layer.name: [] for stage in self._stages}
+        reports: dict[str, list[tuple[np.ndarray, ...]]] = {stage.layer.name: [] for stage in self._stages}
         started = time.perf_counter()
         meta: dict[str, Any] = {}
         for chunk in range(chunks):
             self._simulate(padded[chunk * per_run:(chunk + 1) * per_run])
             offset = chunk * per_run
             for stage in self._stages:
-                name = stage.layer.name
+                name, size = stage.layer.name, stage.layer.size
                 if stage.role == "output":
                     sample, neuron, (v,) = self._events(stage, "readout", "v")
-                    raw[name, "v"][offset + sample, neuron] = v
+                    raw[name][(offset + sample) * size + neuron] = v
                     continue
                 names = ("t_spike", "t_raw") if stage.role == "hidden" else ("t_spike",)
                 sample, neuron, values = self._events(stage, "spikes", *names)
-                for var, value in zip(names, values):
-                    raw[name, var][offset + sample, neuron] = value * 1e3  # Brian2 stores seconds
+                flat = (offset + sample) * size + neuron
+                raw[name][flat] = values[0] * 1e3  # Brian2 stores seconds
+                if stage.role == "hidden":
+                    crossed[name].append(flat[values[1] * 1e3 < stage.layer.t_min - eq.TIME_EPS_MS])
                 if chunk == 0:
                     first = sample == 0
                     meta.setdefault("spike_monitor", {})[name] = (neuron[first], values[0][first] * 1e3)
                 if (name, "report") in self._monitors:
                     sample, neuron, (v, current) = self._events(stage, "report", "v", "I")
-                    raw[name, "v"][offset + sample, neuron] = v
-                    raw[name, "I"][offset + sample, neuron] = current
+                    reports[name].append(((offset + sample) * size + neuron, v.copy(), current.copy()))
             if chunk == 0:
                 for (name, kind), monitor in self._monitors.items():
                     if kind == "trace":
@@ -782,7 +780,7 @@ class Simulator:
                         first = t * 1e3 < self.period_ms() - 0.5 * self.dt  # sample 0 is round 0
                         meta.setdefault("traces", {})[name] = (t[first] * 1e3, np.asarray(v)[first].T.copy())
         run_s = time.perf_counter() - started
-        result = self._assemble(raw, n, input_clipped)
+        result = self._assemble(raw, crossed, reports, n, input_clipped)
         result.meta.update(meta)
         result.meta.update(
             device=self.device, timing=self.timing, dt=self.dt, build_s=self._build_s, compile_s=self._compile_s,
@@ -795,48 +793,49 @@ class Simulator:
         return result
 
     # ------------------------------------------------------------------ results
-    def _assemble(self, raw: dict[tuple[str, str], np.ndarray], n: int,
+    def _assemble(self, raw: dict[str, np.ndarray], crossed: dict[str, list[np.ndarray]],
+                  reports: dict[str, list[tuple[np.ndarray, ...]]], n: int,
                   input_clipped: np.ndarray) -> SimulationResult:
         """Spike times, logits and the report from the monitored values (first ``n`` samples)."""
         net = self.net
-        eps_ms = eq.TIME_EPS_MS
-
-        def get(stage: _Stage, key: str) -> np.ndarray:
-            return raw[stage.layer.name, key][:n].reshape(n, *stage.layer.shape)
-
         spike_times: dict[str, np.ndarray] = {}
         records, flagged = [], np.zeros(n, dtype=bool)
         logits = None
         for stage in self._stages:
             layer = stage.layer
+            values = raw[layer.name][:n * layer.size]
             if stage.role == "output":
-                v = get(stage, "v").reshape(n, -1)
+                v = values.reshape(n, -1)
                 if np.isnan(v).any():
                     raise RuntimeError("the output layer was not read out in every round (internal error)")
                 logits = v + np.asarray(layer.arrays["bias"]).reshape(1, -1) if net.variant == "sparse" else v
                 continue
-            times = get(stage, "t_spike")
-            spiked = ~np.isnan(times)
-            early = np.zeros(times.shape, dtype=bool)
+            times = values.reshape(n, *layer.shape)
+            clipped = np.zeros(values.shape, dtype=bool)
+            early = np.zeros(values.shape, dtype=bool)
             if stage.role == "input":
-                clipped = input_clipped.reshape(times.shape)
-            elif stage.role == "pool":
-                clipped = np.zeros(times.shape, dtype=bool)  # a pool passes its input's time on unchanged
-            else:
-                crossed_before = spiked & (np.nan_to_num(get(stage, "t_raw"), nan=np.inf) < layer.t_min - eps_ms)
+                clipped = input_clipped.reshape(-1)
+            elif stage.role == "hidden":
+                before = np.concatenate([np.zeros(0, dtype=np.int64), *crossed[layer.name]])
+                before = before[before < n * layer.size]
                 if net.variant == "exact":
                     # Clipped: the closed-form crossing (all inputs arrived, the line of the final slope)
                     # lies before t_min; early: the true crossing does, but the closed form does not.
                     # A crossing at or after t_min has the final slope already, so only neurons that
                     # crossed before t_min can be either (they alone report v and I at the round end).
-                    end = self.period_ms()
-                    rate = (stage.params["alpha"] + stage.params["beta"]).reshape(layer.shape) + get(stage, "I")
-                    theta = stage.params["theta"].reshape(layer.shape)
-                    closed = end - net.tau_c * (get(stage, "v") - theta) / np.where(rate > 0, rate, np.nan)
-                    clipped = crossed_before & (np.nan_to_num(closed, nan=np.inf) < layer.t_min - eps_ms)
-                    early = crossed_before & ~clipped
+                    early[before] = True
+                    for flat, v, current in reports[layer.name]:
+                        keep = flat < n * layer.size
+                        flat, v, current = flat[keep], v[keep], current[keep]
+                        neuron = flat % layer.size
+                        rate = stage.params["alpha"][neuron] + stage.params["beta"][neuron] + current
+                        closed = self.period_ms() - net.tau_c * (v - stage.params["theta"][neuron]) / np.where(
+                            rate > 0, rate, np.nan)
+                        clipped[flat] = np.nan_to_num(closed, nan=np.inf) < layer.t_min - eq.TIME_EPS_MS
+                    clipped &= early
+                    early &= ~clipped
                 else:
-                    clipped = crossed_before
+                    clipped[before] = True
             for key in (layer.name, *layer.aliases):
                 spike_times[key] = times
             clipped_n, early_n = (mask.reshape(n, -1).sum(axis=1) for mask in (clipped, early))
