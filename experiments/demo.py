@@ -27,7 +27,7 @@ SHOWN = ["variant", "engine", "timing", "n_test", "relu_acc", "snn_acc", "agreem
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--brian-images", type=int, default=200, help="test digits simulated in Brian2")
+    parser.add_argument("--brian-images", type=int, default=1000, help="test digits simulated in Brian2")
     parser.add_argument("--out", type=Path, default=OUTPUT)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -43,7 +43,20 @@ and sorting the synapses and their spike queues, writing every array to disk at 
 ``R``, while the cost per step and object, which replicas amortise, is small in C++. Measured on
 LeNet-5 (8 878 neurons and 412 960 synapses per sample, ``exact``, precise, 1000 test images, 2
 OpenMP threads on 2 cores, wall time from creating the :class:`Simulator` to the result, compilation
-included): see the ``batch_size`` rows of ``results/bench_brian2.csv``: BENCH_R_TABLE.
+included; ``experiments/bench_brian2.py``, ``results/bench_brian2.csv``), dt = 1 ms:
+
+==================  ===========  ===============  =========  ===========
+R x K               build (s)    compile (s)      run (s)    ms / image
+==================  ===========  ===============  =========  ===========
+1 x 1000            0.9          10.9             6.2        19.0
+4 x 250 (default)   1.0          10.5             5.9        18.4
+32 x 32             2.8          10.9             8.3        22.9
+==================  ===========  ===============  =========  ===========
+
+(``run`` includes reading the monitors and assembling the result, ~1 s.) Precise timing is exact at
+any dt once the windows are dt-aligned, so dt = 1 ms (windows of 8-11 ms) gives the same spike times
+as dt = 0.2 ms (22.3 ms / image): max |spike time - analytic| 3.0e-13 ms (``exact``) and 2.8e-14 ms
+(``sparse``, 16.3 ms / image).
 
 Compilation: Brian2 writes one C++ file per code object (~90 for LeNet-5) and compiles them with
 ``make``; :func:`_patch_makefile` makes that 34 s -> 9 s on 2 cores (precompiled headers, lower
