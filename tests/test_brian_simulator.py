@@ -177,6 +177,10 @@ def test_argument_errors(data, monkeypatch):
         Simulator(net, threads=2)
     with pytest.raises(ValueError, match="shape"):
         Simulator(net, codegen_target="numpy").run(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="1e9 steps.*at most"):  # before any code is generated
+        Simulator(net, device="cpp_standalone", rounds=10**8).build()
+    unbounded = Simulator(net, device="cpp_standalone", batch_size=1, max_spikes_per_run=10**15)
+    assert unbounded._layout(10**9) == (1, 10**9 // unbounded.steps_per_round())  # the step bound binds
     monkeypatch.setenv("CXX", "no-such-compiler-xyz")
     with pytest.raises(RuntimeError, match="no-such-compiler-xyz.*device='runtime'"):
         Simulator(net, device="cpp_standalone").run(data["mlp_x"])
