@@ -277,15 +277,15 @@ def large_weight_mlp() -> nn.Module:
 
 @pytest.mark.parametrize("variant", ["exact", "sparse"])
 def test_standalone_large_weights_many_rounds_and_same_step_inputs(variant, data):
-    """Two regressions at once, each at least 60x above the 1e-12 ms asserted here:
+    """Three regressions at once; reverting any one fix fails this test (measured):
 
     - 9000 rounds in one run (absolute times beyond 64 s): round-relative time must not inherit the
-      rounding of the absolute time, which the summed weights multiply (8e-11 ms, logits 7e-10 at
-      21 s), and every round must start in its own first step (Brian2 runs two clocks together only
-      while they agree to 1e-14 s; with a round clock of dt = P, rounds beyond 64 s lost their readout:
-      logits off by up to 13);
+      rounding of the absolute time, which the summed weights multiply (float ``t - t0``: off by
+      1.3e-8 ms), and every round must start in its own first step (Brian2 runs two clocks together
+      only while they agree to 1e-14 s; a round clock of exactly dt = P: logits off by 15);
     - dt = 0.5 ms spans several input spikes: a neuron must test its threshold on v including the
-      (inhibitory) inputs of the same step (``exact`` fired 6 neurons up to 2.9 ms early).
+      (inhibitory) inputs of the same step (thresholds before all pathways: ``exact`` off by 4.1 ms,
+      neurons firing early on a potential they never reach).
     """
     net = convert(large_weight_mlp(), data["mlp_calib"], variant=variant, dt=0.5)
     assert max(np.abs(layer.arrays["weight"]).max() for layer in net.layers.values() if "weight" in layer.arrays) > 30
