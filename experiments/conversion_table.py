@@ -52,6 +52,7 @@ def main() -> None:
     results_index(table, figures, args.out / "README.md", notes=notes, commands=[
         "python experiments/conversion_table.py   # this table and the figures (make results)",
         "python experiments/bench_analytic.py     # analytic engine vs torch forward",
+        "python experiments/bench_brian2.py       # Brian2 devices and timings on LeNet-5 (bench_brian2.csv)",
     ])
     logging.info("wrote %s", args.out / "README.md")
 
