@@ -45,7 +45,7 @@ exact whenever no input arrives in the crossing step after the crossing. Later a
 crossing step are possible only for a neuron that crosses while its inputs still arrive, i.e.
 before its ``t_min``: an ``exact`` neuron that fires early (counted in the report); ``sparse``
 neurons fire only after ``t_min``. Such a neuron gets the time of the line through ``v(t + dt)``
-(clipped to the step), or, if a later inhibitory input pulls ``v`` back under ``theta`` within the
+(clipped to the previous step's start), or, if a later inhibitory input pulls ``v`` back under ``theta`` within the
 step, no spike in this step.
 
 **Grid spike times** (``timing="grid"``): plain Brian2. The same model without the sub-step
@@ -147,8 +147,9 @@ SPARSE_THRESHOLD = {
 
 INTEGRATOR_RESET = {
     # Clip: not before the gate (SPEC 3's V(t_min(p)) = 0 start; sparse's firing window) nor before the
-    # step (v was below theta at its start), not after t_max (the forced spike of ``exact``).
-    "precise": "t_spike = clip(t_cross, clip(tr, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True",
+    # previous step (a crossing in the step before an off-grid t_fire is detected one step later),
+    # not after t_max (the forced spike of ``exact``).
+    "precise": "t_spike = clip(t_cross, clip(tr - dt, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True",
     "grid": "t_spike = tr\nt_raw = t_cross\nspiked = True",
 }
 

@@ -223,13 +223,16 @@ def _patch_makefile(path: Path) -> None:
     text = text.replace(include, "\n".join([
         "-include $(OBJS:.o=.d)",
         "PCH_OBJS = $(filter-out objects.o synapses_classes.o,$(OBJS))",
-        "HOT_OBJS = $(filter %_syn_pre_codeobject.o %_stateupdater_codeobject.o %_thresholder_codeobject.o,"
-        "$(filter-out code_objects/after_run_%,$(OBJS)))",
+        # (findstring, not a % pattern: Brian2 appends _1, _2, ... to the names while objects of an
+        # earlier simulator in the same process are alive)
+        "HOT_OBJS = $(foreach o,$(filter-out code_objects/after_run_%,$(OBJS)),$(if $(or "
+        "$(findstring _syn_pre_codeobject,$o),$(findstring _stateupdater_codeobject,$o),"
+        "$(findstring _thresholder_codeobject,$o)),$o))",
         "SETUP_OBJS = $(filter-out objects.o main.o $(HOT_OBJS),$(OBJS))",
         "LEVEL = $(if $(filter objects.o,$@),O0,$(if $(filter $@,$(SETUP_OBJS)),O1,O3))",
         f"PCH = {PCH_HEADER.format(level='$(LEVEL)')}",
         "$(PCH_OBJS): " + " ".join(f"{PCH_HEADER.format(level=level)}.gch" for level in PCH_LEVELS),
-        f"{PCH_HEADER.format(level='%')}.gch: {PCH_HEADER.format(level='%')} $(H_SRCS) makefile"
+        f"{PCH_HEADER.format(level='%')}.gch: {PCH_HEADER.format(level='%')} $(H_SRCS) $(wildcard brianlib/*.h) makefile"
         "\n\t$(CXX) $(CXXFLAGS) -$* -x c++-header $< -o $@",
     ]))
     text = text.replace(compile_rule, "%.o : %.cpp makefile\n"
@@ -287,7 +290,7 @@ class Simulator:
         Project directory for standalone devices (a fresh temporary directory if ``None``).
     batch_size:
         Samples simulated side by side (replicas ``R``); default: the first batch's size (runtime) or
-        at most 32 of it (standalone), capped so that the network has at most ``max_synapses`` synapses.
+        at most 4 of it (standalone), capped so that the network has at most ``max_synapses`` synapses.
     codegen_target:
         Runtime device only: Brian2's code generation target (``"cython"``, ``"numpy"``); ``None``
         keeps ``prefs.codegen.target`` (Cython when a compiler is available). ``"numpy"`` needs no
@@ -521,8 +524,9 @@ class Simulator:
                 # Brian2 runs two clocks in the same step only while their times agree to 1e-14 s
                 # (absolute); beyond ~64 s of simulated time k P and n dt drift further apart, and the
                 # reset ran after the first step of some rounds (which then lost their readout). A round
-                # clock shorter by 1e-12 relative always runs first: by ~1e-12 t (> the rounding of t,
-                # ~1e-16 t, and < 1e-3 dt, the margin of timestep(t, dt), for t < 1e9 dt).
+                # clock shorter by 1e-12 relative always runs first: ahead by ~1e-12 t, more than the
+                # rounding of t (~1e-16 t) and less than a step (for t < 1e12 dt; runs have < 1e9 steps).
+                # Its code reads the simulation clock's t and dt, so round_step is the exact step count.
                 group.run_regularly(reset_code, dt=period * (1 - ROUND_CLOCK_SHORTENING) * b2.ms, when="start",
                                     order=-100, name=f"{name}_round")
             stage.group = group
