@@ -48,18 +48,18 @@ included; ``experiments/bench_brian2.py``, ``results/bench_brian2.csv``), dt = 1
 ==================  ===========  ===============  =========  ===========
 R x K               build (s)    compile (s)      run (s)    ms / image
 ==================  ===========  ===============  =========  ===========
-1 x 1000            0.9          10.9             6.2        19.0
-4 x 250 (default)   1.0          10.5             5.9        18.4
-32 x 32             2.8          10.9             8.3        22.9
+1 x 1000            0.9          10.4             5.2        17.4
+4 x 250 (default)   0.9          10.3             5.9        18.0
+32 x 32             3.2          10.4             8.1        22.6
 ==================  ===========  ===============  =========  ===========
 
-(``run`` includes reading the monitors and assembling the result, ~1 s.) Precise timing is exact at
-any dt once the windows are dt-aligned, so dt = 1 ms (windows of 8-11 ms) gives the same spike times
-as dt = 0.2 ms (22.3 ms / image): max |spike time - analytic| 3.0e-13 ms (``exact``) and 2.8e-14 ms
-(``sparse``, 16.3 ms / image).
+(``run`` includes reading the monitors and assembling the result, ~1 s; R = 1 ... 4 differ by about
+the noise of this machine.) Precise timing is exact at any dt once the windows are dt-aligned, so
+dt = 1 ms (windows of 8-11 ms) gives the same spike times as dt = 0.2 ms (20.5 ms / image): max
+|spike time - analytic| 3.0e-13 ms (``exact``) and 2.8e-14 ms (``sparse``, 14.3 ms / image).
 
 Compilation: Brian2 writes one C++ file per code object (~90 for LeNet-5) and compiles them with
-``make``; :func:`_patch_makefile` makes that 34 s -> 9 s on 2 cores (precompiled headers, lower
+``make``; :func:`_patch_makefile` makes that 34 s -> ~10 s on 2 cores (precompiled headers, lower
 optimisation for set-up code). A ``build_dir`` reused by a later process recompiles only what
 changed: Brian2 leaves unchanged sources alone and the patched makefile keeps its time stamp, so a
 network of the same structure (other weights, thresholds, windows or rounds) compiles in ~1 s
@@ -190,7 +190,7 @@ preprocessed lines parsed again for each of the ~90 code objects."""
 def _patch_makefile(path: Path) -> None:
     """Make Brian2's generated makefile cheaper to run, with the same binary as a result.
 
-    Measured on LeNet-5 (~90 code objects, 2 cores): ``make`` from 34 s to 9 s.
+    Measured on LeNet-5 (~90 code objects, 2 cores): ``make`` from 34 s to ~10 s.
 
     - Every source except ``objects.cpp`` is compiled with a precompiled header (``-include
       ttfs_pch_O3.h``, built once per optimisation level) of the headers that all code objects
