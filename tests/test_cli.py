@@ -1,7 +1,6 @@
 """The ttfs-brian console script: convert, verify, simulate."""
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest

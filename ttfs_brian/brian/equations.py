@@ -93,6 +93,10 @@ def _gate(start: str, stop: str) -> str:
     return f"(clip(tr + dt, {start}, {stop}) - clip(tr, {start}, {stop})) / dt"
 
 
+ROUND_TIME = "tr = (timestep(t, dt) - round_step) * dt : second\nround_step : integer (shared)\n"
+"""Time since the group's round start, in whole steps (see "Rounds" above); part of every model."""
+
+
 # ----------------------------------------------------------------------------- integrating neurons
 INTEGRATOR_MODEL = f"""
 dv/dt = ((alpha + I) * f_in + beta * f_late) / tau_c : 1
@@ -113,10 +117,8 @@ t_off : second (constant, shared)
 t_late : second (constant, shared)
 t_fire : second (constant, shared)
 t_max : second (constant, shared)
-tr = (timestep(t, dt) - round_step) * dt : second
-round_step : integer (shared)
 t_end : second (constant, shared)
-"""
+""" + ROUND_TIME
 """``rate`` is the slope of ``v`` (per tau_c) at the end of the step, with the gates evaluated just
 before ``t + dt``; ``t_cross`` is where the line through ``v(t + dt)`` with that slope meets ``theta``
 (the floor on ``rate`` only keeps a degenerate, non-rising neuron from dividing by zero)."""
@@ -129,10 +131,8 @@ alpha : 1 (constant)
 tau_c : second (constant, shared)
 t_on : second (constant, shared)
 t_off : second (constant, shared)
-tr = (timestep(t, dt) - round_step) * dt : second
-round_step : integer (shared)
 t_end : second (constant, shared)
-"""
+""" + ROUND_TIME
 """The output layer: no threshold; ``v`` stops at ``t_off = t_min(out)`` and is the logit
 (plus ``bias`` in ``sparse``, added when reading out)."""
 
@@ -158,9 +158,7 @@ INPUT_MODEL = """
 t_in : second
 t_spike : second
 spiked : boolean
-tr = (timestep(t, dt) - round_step) * dt : second
-round_step : integer (shared)
-"""
+""" + ROUND_TIME
 """``t_in`` is the spike time of an input neuron, ``t_max(0) - u * tau_c``; it is the only variable
 that changes from batch to batch (through ``run_args`` in standalone mode, no recompilation)."""
 
@@ -176,9 +174,7 @@ t_first : second
 t_last : second
 t_spike : second
 spiked : boolean
-tr = (timestep(t, dt) - round_step) * dt : second
-round_step : integer (shared)
-"""
+""" + ROUND_TIME
 """``n_in`` counts the pool inputs that have spiked, ``t_first``/``t_last`` are their earliest and
 latest spike times; ``need`` is 1 for a max pool (``pool_sign = +1``: fire with the first input) and
 the number of valid inputs of the window for a min pool (``pool_sign = -1``: fire with the last)."""
@@ -212,11 +208,12 @@ ON_PRE_POOL = (
 # (``run_regularly``, slot ``start``, before anything else) these statements put every per-sample
 # variable back to its initial value and move ``round_step`` to the round start; the input layer also
 # takes its new spike times from the table (a 2-D ``TimedArray``: rounds x neurons, dt = P).
+NEW_ROUND = "round_step = timestep(t, dt)\n"
 ROUND_RESET = {
-    "input": "round_step = timestep(t, dt)\nspiked = False\nt_in = t_in_table(t, i)",
-    "hidden": "round_step = timestep(t, dt)\nv = 0\nI = 0\nspiked = False",
-    "pool": "round_step = timestep(t, dt)\nn_in = 0\nt_first = t_never\nt_last = -t_never\nspiked = False",
-    "output": "round_step = timestep(t, dt)\nv = 0\nI = 0",
+    "input": NEW_ROUND + "spiked = False\nt_in = t_in_table(t, i)",
+    "hidden": NEW_ROUND + "v = 0\nI = 0\nspiked = False",
+    "pool": NEW_ROUND + "n_in = 0\nt_first = t_never\nt_last = -t_never\nspiked = False",
+    "output": NEW_ROUND + "v = 0\nI = 0",
 }
 
 #: the last step of a round (``t_end`` = P, a multiple of dt): the readout of the output's ``v``
