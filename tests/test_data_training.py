@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from ttfs_brian import data, training, zoo
+from ttfs_brian.errors import InputError
 
 
 def test_mnist5k_split_is_fixed_and_disjoint():
@@ -46,7 +47,7 @@ def test_cifar10_reads_local_copy(tmp_path):
 
 
 def test_cifar10_missing_copy_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="never downloads"):
+    with pytest.raises(InputError, match="never downloads"):
         data.cifar10(tmp_path)
     with pytest.raises(ValueError, match="--data-dir"):
         data.load_dataset("cifar10")

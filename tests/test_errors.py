@@ -102,7 +102,7 @@ def test_out_of_range_inputs_are_counted_and_logged(caplog):
         res = ttfs_brian.simulate(net, x)
     assert res.report.set_index("layer").loc["input", "clipped"] == 3
     assert res.flagged[:2].all() and not res.flagged[2:].any()
-    assert "3 input values lie outside the calibrated range" in caplog.text
+    assert "3 input values in 2 of 50 samples lie outside the calibrated range" in caplog.text
 
 
 def test_values_above_window_are_clipped_and_flagged():

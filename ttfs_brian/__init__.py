@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConversionError, NetworkFileError, UnsupportedModuleError
+from .errors import ConversionError, InputError, NetworkFileError, TTFSBrianError, UnsupportedModuleError
 from .network import TTFSNetwork, load
 
 __all__ = ["convert", "simulate", "load", "verify", "compare", "TTFSNetwork", "SimulationResult",
-           "ConversionError", "UnsupportedModuleError", "NetworkFileError"]
+           "ConversionError", "UnsupportedModuleError", "NetworkFileError", "InputError", "TTFSBrianError"]
 __version__ = "0.1.0"
 
 
@@ -40,13 +40,13 @@ def simulate(net: TTFSNetwork, x: np.ndarray, backend: str = "analytic", **kwarg
     """
     if backend == "analytic":
         if kwargs:
-            raise TypeError(f"the analytic backend takes no options (got {sorted(kwargs)})")
+            raise InputError(f"the analytic backend takes no options (got {sorted(kwargs)}); Brian2 options need backend='brian2'")
         from .analytic import simulate_analytic
         return simulate_analytic(net, x)
     if backend == "brian2":
         from .brian import Simulator
         return Simulator(net, **kwargs).run(x)
-    raise ValueError(f"unknown backend {backend!r}; choose 'analytic' or 'brian2'")
+    raise InputError(f"unknown backend {backend!r}; choose 'analytic' or 'brian2'")
 
 
 def verify(net: TTFSNetwork, model, x, result=None):

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .graph import conv_attrs, signed_max_pool
 from .network import Layer, TTFSNetwork
-from .result import SimulationResult, build_report, layer_record
+from .result import SimulationResult, build_report, layer_record, no_flags, note_layer_flags
 from .validation import encode_inputs, validate_inputs
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor) -> Simulat
     n = data.shape[0]
     values: dict[str, torch.Tensor] = {}
     spike_times: dict[str, np.ndarray] = {}
-    records, flagged = [], np.zeros(n, dtype=bool)
+    records, reasons = [], no_flags(n)
     logits = None
     with torch.no_grad():
         for layer in net.layers.values():
@@ -68,9 +68,6 @@ def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor) -> Simulat
             if layer.kind == "input":
                 u, clipped_np = encode_inputs(net, data)
                 value, clipped = _t(u), torch.as_tensor(clipped_np)
-                if clipped.any():
-                    log.warning("%d input values lie outside the calibrated range and were clipped",
-                                int(clipped.sum()))
             elif layer.kind == "maxpool":
                 value = signed_max_pool(values[layer.inputs[0]], layer.arrays["sign"], _pool_attrs(layer))
             elif net.variant == "exact":
@@ -85,12 +82,10 @@ def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor) -> Simulat
                 spike_times[key] = times
             counts = [None if mask is None else mask.reshape(n, -1).sum(dim=1).numpy() for mask in (clipped, early)]
             records.append(layer_record(layer.name, layer.kind, times, *counts))
-            for count in counts:
-                if count is not None:
-                    flagged |= count > 0
+            note_layer_flags(reasons, layer.kind, *counts)
     assert logits is not None
     report = build_report(records)
-    return SimulationResult(logits, spike_times, report, flagged, backend="analytic",
+    return SimulationResult(logits, spike_times, report, reasons, backend="analytic",
                             meta={"wall_s": time.perf_counter() - started})
 
 

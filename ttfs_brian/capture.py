@@ -6,7 +6,7 @@ Shapes come from ``torch.fx.passes.shape_prop.ShapeProp`` on one calibration sam
 from __future__ import annotations
 
 import copy
-import operator
+import warnings
 from typing import Any, Callable
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .errors import ConversionError, UnsupportedModuleError
+from .errors import ConversionError, TrainingModeWarning, UnsupportedModuleError
 from .graph import Graph, Op
 
 SUPPORTED = (
@@ -29,7 +29,6 @@ _PASSTHROUGH_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _DROPOUT_FUNCTIONS = {F.dropout, torch.dropout, F.dropout2d}
 _FLATTEN_METHODS = {"flatten", "view", "reshape"}
-_IGNORED_METHODS = {"size", "contiguous"}
 
 
 def _pair(value: Any) -> tuple[int, int]:
@@ -54,19 +53,28 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
 
 
 def capture(model: nn.Module, example: torch.Tensor) -> Graph:
-    """The ReLU graph of ``model`` (float64 parameters), shapes from one example batch."""
-    gm = trace(copy.deepcopy(model).eval().to(torch.float64))
+    """The ReLU graph of ``model`` (float64 parameters), shapes from one example batch.
+
+    Every call site is its own op: a module called twice (one ``self.pool`` after two convolutions)
+    gives the ops ``pool`` and ``pool_1``, each with its own spike times.
+    """
+    warn_if_training(model)
+    evaluated = copy.deepcopy(model).eval().to(torch.float64)
     example = example.to(torch.float64)
     try:
-        ShapeProp(gm).propagate(example)
+        with torch.no_grad():
+            evaluated(example)
     except Exception as exc:
         raise ConversionError(
-            f"the model failed on calibration data of shape {tuple(example.shape)}: {exc}. "
-            "Check that the calibration data has the model's input shape (N, ...)."
-        ) from exc
+            f"the model failed on calibration data of shape {tuple(example.shape)} "
+            f"({type(exc).__name__}: {_first_line(exc)}); the data must have the model's input shape (N, ...)"
+        ) from None
+    gm = trace(evaluated)
+    ShapeProp(gm).propagate(example)
 
     graph: Graph = []
     tensor_users = {node: [u for u in node.users if not _is_ignored(u)] for node in gm.graph.nodes}
+    names = _call_site_names(gm)
     head: torch.fx.Node | None = None  # the fx node whose value the last op of `graph` equals
     for node in gm.graph.nodes:
         if _is_ignored(node):
@@ -96,21 +104,60 @@ def capture(model: nn.Module, example: torch.Tensor) -> Graph:
             raise UnsupportedModuleError(
                 f"the output of '{head.name}' is used by several operations (branching); only chains are supported"
             )
-        op = _convert_node(node, gm, graph[-1].name)
+        op = _convert_node(node, gm, graph[-1].name, names[node])
         if op is not None:
             graph.append(op)
-            head = node
-        else:  # a pass-through (dropout, identity): the chain continues through this node
-            head = node
+        head = node  # a pass-through (dropout, identity) continues the chain too
     return graph
 
 
+def warn_if_training(model: nn.Module) -> None:
+    """Warn when modules whose output depends on the mode (BatchNorm, Dropout) are in training mode.
+
+    Conversion uses eval-mode semantics (running statistics, no dropout); a model left in training
+    mode computes something else, so results would not match what the user runs.
+    """
+    stateful = (nn.modules.batchnorm._BatchNorm, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
+    training = [name or type(model).__name__ for name, module in model.named_modules()
+                if module.training and isinstance(module, stateful)]
+    if training:
+        shown = ", ".join(training[:5]) + (", ..." if len(training) > 5 else "")
+        warnings.warn(
+            f"{len(training)} BatchNorm/Dropout module(s) are in training mode ({shown}); the conversion uses "
+            "their eval-mode behaviour (running statistics, no dropout), which differs from what the model computes "
+            "now. Call model.eval() before converting.", TrainingModeWarning, stacklevel=3)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
+
+
+def _call_site_names(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, str]:
+    """A unique user-facing name per node: the module path for a module's first call, ``path_1``,
+    ``path_2`` ... for its later calls, and the torch.fx node name for functions and methods."""
+    taken = {name for name, _ in gm.named_modules()}
+    calls: dict[str, int] = {}
+    names: dict[torch.fx.Node, str] = {}
+    for node in gm.graph.nodes:
+        if node.op == "call_module":
+            target = str(node.target)
+            count = calls.get(target, 0)
+            calls[target] = count + 1
+            name = target if count == 0 else f"{target}_{count}"
+        else:
+            name = node.name
+        base, k = name, 1
+        while name in names.values() or (name in taken and name != str(node.target)):
+            name, k = f"{base}_{k}", k + 1
+        names[node] = name
+    return names
+
+
 def _is_ignored(node: torch.fx.Node) -> bool:
-    return node.op == "call_method" and node.target in _IGNORED_METHODS or (
-        node.op == "call_function" and node.target is operator.getitem
-        and isinstance(node.args[0], torch.fx.Node) and node.args[0].op == "call_method"
-        and node.args[0].target == "size"
-    )
+    """Shape arithmetic (``x.size(0)``, ``x.shape[0]``, products of them): nodes that compute Python
+    numbers, not tensors (ShapeProp records no ``tensor_meta`` for them)."""
+    return node.op in ("call_method", "call_function") and "tensor_meta" not in node.meta
 
 
 def _shape(node: torch.fx.Node) -> tuple[int, ...]:
@@ -127,11 +174,10 @@ def _label(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
     return f"{node.name} ({node.op} {target})"
 
 
-def _convert_node(node: torch.fx.Node, gm: torch.fx.GraphModule, prev: str) -> Op | None:
+def _convert_node(node: torch.fx.Node, gm: torch.fx.GraphModule, prev: str, name: str) -> Op | None:
     shape = _shape(node)
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
-        name = str(node.target)
         builder = _MODULE_BUILDERS.get(type(module))
         if builder is None:
             if isinstance(module, _PASSTHROUGH_MODULES):
@@ -141,7 +187,6 @@ def _convert_node(node: torch.fx.Node, gm: torch.fx.GraphModule, prev: str) -> O
             )
         op = builder(module, name, shape)
         return Op(op.name, op.kind, (prev,), shape, op.params, op.attrs, (name,), node.name)
-    name = node.name
     if node.op == "call_function":
         fn = node.target
         if fn in _RELU_FUNCTIONS:

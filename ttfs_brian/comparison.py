@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
 from .result import SimulationResult
 
 
@@ -16,11 +17,11 @@ def compare(res_a: SimulationResult, res_b: SimulationResult) -> pd.DataFrame:
     ``res_a``) and ``agreement`` of the predictions, which is also in ``df.attrs["agreement"]``.
     """
     if res_a.logits.shape != res_b.logits.shape:
-        raise ValueError(f"results of different batches: logits {res_a.logits.shape} vs {res_b.logits.shape}")
+        raise InputError(f"results of different batches: logits {res_a.logits.shape} vs {res_b.logits.shape}")
     rows = []
     for layer in res_a.report["layer"]:
         if layer not in res_b.spike_times:
-            raise KeyError(f"layer {layer!r} is missing from the second result")
+            raise InputError(f"layer {layer!r} is missing from the second result")
         a, b = res_a.spike_times[layer], res_b.spike_times[layer]
         fired_a, fired_b = ~np.isnan(a), ~np.isnan(b)
         both = fired_a & fired_b

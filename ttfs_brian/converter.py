@@ -11,10 +11,10 @@ import torch.nn as nn
 
 from . import passes
 from .capture import capture, record_activations
-from .errors import ConversionError
+from .errors import ConversionError, InputError
 from .graph import Graph, Op, forward, output_op
 from .network import VARIANTS, Layer, TTFSNetwork
-from .validation import as_float64_array
+from .validation import as_float64_array, finite
 
 log = logging.getLogger(__name__)
 
@@ -49,20 +49,23 @@ def convert(model: nn.Module, calibration: np.ndarray | torch.Tensor, *, variant
         Bounds on the weight sums of ``exact``'s weight preprocessing.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        raise InputError(f"variant must be one of {VARIANTS}, got {variant!r}")
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-    if zeta < 0 or tau_c <= 0 or (dt is not None and dt <= 0):
-        raise ValueError(f"need zeta >= 0, tau_c > 0 and dt > 0 (got zeta={zeta}, tau_c={tau_c}, dt={dt})")
+        raise InputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    zeta = finite(zeta, "zeta (window margin)", low=-1.0, low_open=True)
+    tau_c = finite(tau_c, "tau_c (ms)", low=0.0, low_open=True)
+    dt = None if dt is None else finite(dt, "dt (ms)", low=0.0, low_open=True)
+    s_max = finite(s_max, "s_max", low=0.0, high=1.0, low_open=True)
+    s_min = finite(s_min, "s_min")
     for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            raise ValueError(f"model parameter '{name}' contains NaN or Inf; the model cannot be converted")
+            raise ConversionError(f"model parameter '{name}' contains NaN or Inf; the model cannot be converted")
     data = as_float64_array(calibration, "calibration data")
     if data.ndim < 2 or data.shape[0] == 0:
-        raise ValueError(f"calibration data must have shape (N, ...) with N >= 1, got {data.shape}")
+        raise InputError(f"calibration data must have shape (N, ...) with N >= 1, got {data.shape}")
     low, high = _input_bounds(data, input_range)
 
-    graph = capture(model, torch.as_tensor(data[:2]))
+    graph = capture(model, torch.as_tensor(np.concatenate([data[:2], data[:2]])[:2]))
     _check_capture(model, graph, data[:64])
     graph = passes.insert_input_affine(graph, low, high)
     graph = passes.fold_affines(graph)
@@ -86,18 +89,18 @@ def _input_bounds(data: np.ndarray, input_range) -> tuple[np.ndarray, np.ndarray
     if input_range is None:
         low, high = np.asarray(data.min()), np.asarray(data.max())
         if not high > low:
-            raise ValueError("calibration inputs are constant; pass input_range=(low, high) explicitly")
+            raise InputError("calibration inputs are constant; pass input_range=(low, high) explicitly")
         return low, high
     if len(input_range) != 2:
-        raise ValueError("input_range must be a pair (low, high)")
+        raise InputError("input_range must be a pair (low, high)")
     low, high = (as_float64_array(v, "input_range") for v in input_range)
     try:
         gap = np.broadcast_to(high - low, shape)
     except ValueError as exc:
-        raise ValueError(f"input_range bounds of shapes {low.shape}, {high.shape} do not broadcast to the input "
+        raise InputError(f"input_range bounds of shapes {low.shape}, {high.shape} do not broadcast to the input "
                          f"shape {shape}") from exc
     if not np.all(gap > 0):
-        raise ValueError("input_range needs high > low everywhere")
+        raise InputError("input_range needs high > low everywhere")
     return low, high
 
 

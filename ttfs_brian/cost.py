@@ -14,7 +14,7 @@ def synaptic_events(net: TTFSNetwork, result: SimulationResult,
     ``fan_out`` (layer name -> out-degree of each neuron of its input layer) saves rebuilding the
     connectivity when the caller already has it.
     """
-    from .brian.connectivity import for_layer
+    from .connectivity import for_layer
 
     n = result.logits.shape[0]
     total = 0

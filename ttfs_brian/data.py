@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import InputError
+
 SPLIT_SEED = 0
 
 
@@ -68,7 +70,7 @@ def cifar10(data_dir: str | Path, n_train: int | None = None, n_test: int | None
         root = root / "cifar-10-batches-py"
     train_files = sorted(root.glob("data_batch_*"))
     if not train_files or not (root / "test_batch").exists():
-        raise FileNotFoundError(
+        raise InputError(
             f"no CIFAR-10 batches in {root}: expected data_batch_1..5 and test_batch from the python version "
             "of CIFAR-10 (cifar-10-python.tar.gz, extracted). ttfs_brian never downloads data."
         )
@@ -91,8 +93,8 @@ LOADERS = {"mnist5k": mnist5k, "digits": digits}
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
     if name == "cifar10":
         if data_dir is None:
-            raise ValueError("cifar10 needs --data-dir pointing to a local copy; nothing is downloaded")
+            raise InputError("cifar10 needs --data-dir pointing to a local copy; nothing is downloaded")
         return cifar10(data_dir)
     if name not in LOADERS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(LOADERS) + ['cifar10']}")
+        raise InputError(f"unknown dataset {name!r}; choose from {sorted(LOADERS) + ['cifar10']}")
     return LOADERS[name]()

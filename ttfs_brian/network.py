@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -235,8 +236,21 @@ def load(path: str | Path) -> TTFSNetwork:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"network file {path} does not exist")
+    with open(path, "rb") as handle:  # closed on every path, also when NumPy fails half-way
+        return _read(path, handle)
+
+
+def _read(path: Path, handle) -> TTFSNetwork:
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        archive = np.load(handle, allow_pickle=False)
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError) as exc:
+        raise NetworkFileError(f"{path} is corrupt or not a ttfs_brian network file ({type(exc).__name__}: {exc}); "
+                               "convert the model again") from None
+    if not isinstance(archive, np.lib.npyio.NpzFile):
+        raise NetworkFileError(f"{path} holds a single array (.npy), not a network file: networks are .npz "
+                               "archives written by TTFSNetwork.save or `ttfs-brian convert`")
+    try:
+        with archive:
             if "__meta__" not in archive.files:
                 raise NetworkFileError(f"{path} is not a ttfs_brian network file (no __meta__ entry)")
             header = json.loads(str(archive["__meta__"]))
@@ -262,15 +276,10 @@ def load(path: str | Path) -> TTFSNetwork:
                     attrs=entry["attrs"],
                     arrays={key: archive[f"{name}/{key}"] for key in entry["arrays"]},
                 )
+            return TTFSNetwork(variant=header["variant"], tau_c=float(header["tau_c"]), layers=layers,
+                               output=header["output"], dt=header["dt"], meta=header["meta"])
     except NetworkFileError:
         raise
-    except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as exc:
-        raise NetworkFileError(f"{path} is corrupt or not a ttfs_brian network file: {exc}") from exc
-    return TTFSNetwork(
-        variant=header["variant"],
-        tau_c=float(header["tau_c"]),
-        layers=layers,
-        output=header["output"],
-        dt=header["dt"],
-        meta=header["meta"],
-    )
+    except (zipfile.BadZipFile, zlib.error, OSError, ValueError, KeyError, EOFError, TypeError, AttributeError) as exc:
+        raise NetworkFileError(f"{path} is corrupt or not a ttfs_brian network file ({type(exc).__name__}: {exc}); "
+                               "convert the model again") from None

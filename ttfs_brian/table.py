@@ -1,7 +1,9 @@
 """The conversion table: trained ReLU networks, converted, simulated, compared with the ReLU network.
 
-One row per (dataset, model, variant, engine, timing). Rows are appended to the CSV as soon as
-they are measured, and rows already in the CSV are skipped, so an interrupted run resumes.
+One row per (dataset, model, variant, engine, device, timing, dt, n_test): every parameter that
+changes a row is in its key. Rows are appended to the CSV as soon as they are measured
+(:class:`~ttfs_brian.store.RowStore`); a rerun skips the rows whose key is already there and
+recomputes rows cut short by an interruption.
 """
 from __future__ import annotations
 
@@ -19,13 +21,14 @@ from . import zoo
 from .converter import convert
 from .cost import relu_macs, synaptic_events
 from .reference import verify
+from .store import RowStore
 
 log = logging.getLogger(__name__)
 
 COLUMNS = ["dataset", "model", "variant", "engine", "device", "timing", "dt", "n_test", "relu_acc", "snn_acc",
            "agreement", "flagged", "max_abs_dt_ms", "max_logit_err", "spikes_per_neuron",
            "synaptic_events_per_image", "relu_macs_per_image", "wall_s_per_image", "compile_s"]
-KEY = ["dataset", "model", "variant", "engine", "timing"]
+KEY = ["dataset", "model", "variant", "engine", "device", "timing", "dt", "n_test"]
 
 MODELS = [("mnist5k", "fc2"), ("mnist5k", "lenet5"), ("mnist5k", "vgg_small"), ("digits", "digits_net")]
 
@@ -52,13 +55,18 @@ ENGINES = {
 }
 
 
+def test_count(dataset: str, arch: str, engine: Engine, n_test: int | None, available: int) -> int:
+    """Test samples a row uses: the request, the engine's subset and the split, whichever is smallest."""
+    subset = SMALLER_SUBSETS.get((arch, engine.timing), engine.subset)
+    return min(x for x in (n_test, subset, available) if x is not None)
+
+
 def run_row(dataset: str, arch: str, variant: str, engine: Engine, *, models_dir: Path = zoo.MODELS_DIR,
             n_test: int | None = None, build_root: Path | None = None) -> dict:
     """Convert one bundled model, simulate its test split with ``engine``, and measure everything."""
     model, record = zoo.load_pretrained(arch, dataset, models_dir)
     data = datasets.load_dataset(dataset)
-    subset = SMALLER_SUBSETS.get((arch, engine.timing), engine.subset)
-    limit = min(x for x in (n_test, subset, len(data.x_test)) if x is not None)
+    limit = test_count(dataset, arch, engine, n_test, len(data.x_test))
     x, y = data.x_test[:limit], data.y_test[:limit]
     net = convert(model, data.x_train, variant=variant, dt=engine.dt)
     compile_s = 0.0
@@ -100,21 +108,21 @@ def build_table(out: Path, *, models: Iterable[tuple[str, str]] = MODELS, varian
     """Measure every missing row and append it to ``out`` (CSV); returns the whole table."""
     from tqdm import tqdm
 
-    out = Path(out)
-    done = pd.read_csv(out) if out.exists() else pd.DataFrame(columns=COLUMNS)
-    seen = {tuple(row) for row in done[KEY].astype(str).itertuples(index=False)}
+    store = RowStore(out, COLUMNS, KEY)
+    sizes = {ds: len(datasets.load_dataset(ds).x_test) for ds in {ds for ds, _ in models}}
     todo = [(ds, arch, variant, ENGINES[name]) for ds, arch in models for variant in variants for name in engines]
     for ds, arch, variant, engine in tqdm(todo, desc="conversion table"):
-        key = (ds, arch, variant, engine.name, engine.timing or "-")
-        if key in seen:
+        key = {"dataset": ds, "model": arch, "variant": variant, "engine": engine.name, "device": engine.device or "-",
+               "timing": engine.timing or "-", "dt": engine.dt if engine.dt is not None else np.nan,
+               "n_test": test_count(ds, arch, engine, n_test, sizes[ds])}
+        if store.has(key):
             log.info("skipping %s (already in %s)", key, out)
             continue
         row = run_row(ds, arch, variant, engine, models_dir=models_dir, n_test=n_test, build_root=build_root)
         log.info("%s: agreement %.4f, snn_acc %.4f, max |dt| %.2e ms", key, row["agreement"], row["snn_acc"],
                  row["max_abs_dt_ms"])
-        pd.DataFrame([row], columns=COLUMNS).to_csv(out, mode="a", header=not out.exists() or out.stat().st_size == 0,
-                                                    index=False)
-    return pd.read_csv(out)
+        store.append(row)
+    return store.read()
 
 
 def results_index(table: pd.DataFrame, figures: Iterable[Path], out: Path, commands: Iterable[str],

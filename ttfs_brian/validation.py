@@ -1,35 +1,69 @@
 """Input checks shared by the converter and every engine (NumPy only, so the Brian2/CUDA side needs no torch)."""
 from __future__ import annotations
 
+import logging
+import math
+
 import numpy as np
 
+from .errors import InputError
 from .network import TTFSNetwork
+
+log = logging.getLogger(__name__)
 
 
 def as_float64_array(data, what: str) -> np.ndarray:
     """``data`` (array or torch tensor) as float64 NumPy, rejecting NaN and Inf with a message naming ``what``."""
     if hasattr(data, "detach"):  # a torch tensor, without importing torch
         data = data.detach().cpu().numpy()
-    array = np.asarray(data, dtype=np.float64)
+    try:
+        array = np.asarray(data, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{what} is not a numeric array ({exc})") from None
     bad = np.count_nonzero(~np.isfinite(array))
     if bad:
-        raise ValueError(f"{what} contains {bad} NaN or Inf values; remove or impute them before conversion")
+        raise InputError(f"{what} contains {bad} NaN or Inf values; remove or impute them first")
     return array
 
 
+def finite(value, what: str, *, low: float | None = None, high: float | None = None,
+           low_open: bool = False) -> float:
+    """``value`` as a float that is finite and inside ``[low, high]`` (``(low, high]`` with ``low_open``)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{what} must be a number, got {value!r}") from None
+    too_low = low is not None and (number <= low if low_open else number < low)
+    if not math.isfinite(number) or too_low or (high is not None and number > high):
+        bounds = f"{'(' if low_open else '['}{low if low is not None else '-inf'}, {high if high is not None else 'inf'}]"
+        raise InputError(f"{what} must be a finite number in {bounds}, got {value!r}")
+    return number
+
+
 def validate_inputs(net: TTFSNetwork, x) -> np.ndarray:
-    """Inputs as float64 ``(N, *input_shape)``; NaN, Inf and wrong shapes are errors."""
+    """Inputs as float64 ``(N, *input_shape)`` with ``N >= 1``; NaN, Inf, empty batches and wrong shapes are errors."""
     array = as_float64_array(x, "input data")
     shape = net.input_shape
     if array.shape[1:] != tuple(shape):
         hint = " (a single sample? add a batch dimension: x[None])" if array.shape == tuple(shape) else ""
-        raise ValueError(f"inputs have shape {array.shape}; the network expects (N, {', '.join(map(str, shape))}){hint}")
+        raise InputError(f"inputs have shape {array.shape}; the network expects (N, {', '.join(map(str, shape))}){hint}")
+    if array.shape[0] == 0:
+        raise InputError("the input batch is empty (0 samples); pass at least one sample")
     return array
 
 
 def encode_inputs(net: TTFSNetwork, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Input values ``u = (x - low) / (high - low)`` clipped to [0, 1], and the mask of clipped inputs."""
+    """Input values ``u = (x - low) / (high - low)`` clipped to [0, 1], and the mask of clipped inputs.
+
+    Every engine encodes through this function, so every engine warns alike about inputs outside the
+    calibrated range (they are also counted in the report and flag their samples).
+    """
     layer = net.input
     u = (data - layer.arrays["low"]) / (layer.arrays["high"] - layer.arrays["low"])
     clipped = (u < 0) | (u > 1)
+    if clipped.any():
+        samples = int(clipped.reshape(len(data), -1).any(axis=1).sum())
+        log.warning("%d input values in %d of %d samples lie outside the calibrated range [low, high] and were "
+                    "clipped; those samples are flagged (convert with input_range=(low, high) covering the data, "
+                    "or recalibrate)", int(clipped.sum()), samples, len(data))
     return np.clip(u, 0.0, 1.0), clipped

@@ -12,6 +12,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .errors import InputError
+
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
 
 
@@ -97,7 +99,7 @@ ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
 
 def build(arch: str) -> nn.Module:
     if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
+        raise InputError(f"unknown architecture {arch!r}; choose from {sorted(ARCHITECTURES)}")
     return ARCHITECTURES[arch]()
 
 
@@ -109,7 +111,7 @@ def load_pretrained(arch: str, dataset: str, models_dir: Path = MODELS_DIR) -> t
     """A bundled trained model (in eval mode) and its training record."""
     path = checkpoint_path(arch, dataset, models_dir)
     if not path.exists():
-        raise FileNotFoundError(f"no checkpoint {path}; train it with `ttfs-brian train {arch} --data {dataset}`")
+        raise InputError(f"no checkpoint {path}; train it with `ttfs-brian train {arch} --data {dataset}`")
     model = build(arch)
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     record = json.loads(path.with_suffix(".json").read_text())

@@ -89,14 +89,17 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+from tqdm import tqdm
 
 from ..cost import synaptic_events
+from ..errors import InputError, ToolchainError
+from ..grid_bound import grid_error_bound, uncertain_predictions
 from ..network import Layer, TTFSNetwork
-from ..result import SimulationResult, build_report, layer_record
-from ..validation import encode_inputs
-from . import connectivity as conn_mod
+from ..result import SimulationResult, build_report, layer_record, no_flags, note_layer_flags
+from ..validation import encode_inputs, finite
+from .. import connectivity as conn_mod
 from . import equations as eq
-from .connectivity import Connectivity
+from ..connectivity import Connectivity
 
 log = logging.getLogger(__name__)
 
@@ -317,19 +320,17 @@ class Simulator:
                  rounds: int | None = None, max_spikes_per_run: int = DEFAULT_MAX_SPIKES_PER_RUN,
                  record_v: dict[str, Any] | None = None) -> None:
         if device not in DEVICES:
-            raise ValueError(f"unknown device {device!r}; choose one of {DEVICES}")
+            raise InputError(f"unknown device {device!r}; choose one of {DEVICES}")
         if timing not in eq.TIMINGS:
-            raise ValueError(f"unknown timing {timing!r}; choose one of {eq.TIMINGS}")
+            raise InputError(f"unknown timing {timing!r}; choose one of {eq.TIMINGS}")
         dt = net.dt if dt is None else dt
-        dt = 0.01 if dt is None else float(dt)
-        if not dt > 0:
-            raise ValueError(f"dt must be > 0 ms, got {dt}")
+        dt = 0.01 if dt is None else finite(dt, "dt (ms)", low=0.0, low_open=True)
         if threads is not None and (int(threads) < 1 or device == "runtime"):
-            raise ValueError("threads (OpenMP) must be >= 1 and needs device='cpp_standalone'")
+            raise InputError("threads (OpenMP) must be >= 1 and needs device='cpp_standalone'")
         if batch_size is not None and batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+            raise InputError(f"batch_size must be >= 1, got {batch_size}")
         if rounds is not None and (int(rounds) < 1 or (device == "runtime" and int(rounds) != 1)):
-            raise ValueError(f"rounds must be >= 1 (and 1 for device='runtime'), got {rounds}")
+            raise InputError(f"rounds must be >= 1 (and 1 for device='runtime'), got {rounds}")
         self.net = net
         self.device = device
         self.timing = timing
@@ -339,7 +340,7 @@ class Simulator:
         self.batch_size = batch_size
         self.max_synapses = int(max_synapses)
         if codegen_target is not None and device != "runtime":
-            raise ValueError("codegen_target applies to device='runtime' only")
+            raise InputError("codegen_target applies to device='runtime' only")
         self.codegen_target = codegen_target
         self.compute_capability = compute_capability
         self.compilations = 0
@@ -356,6 +357,7 @@ class Simulator:
         self._device_obj = None
         self._build_s = 0.0
         self._compile_s = 0.0
+        self._runs = 0
         self._check_alignment()
 
     # ------------------------------------------------------------------ structure
@@ -535,7 +537,7 @@ class Simulator:
             layer_name = stage.layer.name
             if layer_name in self.record_v:
                 if stage.role not in ("hidden", "output"):
-                    raise ValueError(f"record_v: layer {layer_name!r} has no membrane potential (role {stage.role})")
+                    raise InputError(f"record_v: layer {layer_name!r} has no membrane potential (role {stage.role})")
                 self._monitors[(layer_name, "trace")] = b2.StateMonitor(
                     group, "v", record=self.record_v[layer_name], name=f"{name}_trace")
             if stage.conn is None:
@@ -588,7 +590,7 @@ class Simulator:
                 import brian2cuda  # noqa: F401
                 from brian2cuda.device import CUDAStandaloneDevice
             except ImportError as exc:
-                raise RuntimeError(
+                raise ToolchainError(
                     "device='cuda_standalone' needs brian2cuda (pip install brian2cuda==1.0b1), which pins "
                     "brian2==2.10.1 and therefore Python >= 3.12: run it from a separate environment, or use "
                     "device='cpp_standalone' or device='runtime'") from exc
@@ -620,7 +622,7 @@ class Simulator:
             tools.append("nvcc")
         for tool in tools:
             if shutil.which(tool) is None:
-                raise RuntimeError(
+                raise ToolchainError(
                     f"device={self.device!r} needs the build tool '{tool}', which is not on PATH; install it "
                     "(e.g. apt-get install build-essential) or use device='runtime'")
 
@@ -631,6 +633,11 @@ class Simulator:
 
         self.replicas, self.rounds = replicas, rounds
         started = time.perf_counter()
+        log.info("building the Brian2 network (%s, %s timing, dt %g ms): %d replicas x %d rounds, %d synapses",
+                 self.device, self.timing, self.dt, replicas, rounds, replicas * self.synapses_per_sample)
+        if self.device != "runtime":
+            log.info("generating and compiling the %s project (C++%s; tens of seconds, once per simulator)",
+                     self.device, "/CUDA" if self.device == "cuda_standalone" else "")
         with self._activate_device() as device:
             network = self._make_objects(replicas, rounds)
             if device is None:  # runtime
@@ -638,7 +645,12 @@ class Simulator:
                 self._build_s = time.perf_counter() - started
                 self._compile_s = 0.0
             else:
-                network.run(rounds * self.period_ms() * b2.ms, namespace={})
+                # Half a step short of K P: the round clock (shorter than P, see _make_objects) must not
+                # tick a K+1-th time. When a whole run lasts less than 10 ms, that extra tick lies within
+                # Brian2's absolute clock epsilon (1e-14 s) of K P and dragged the simulation clock into
+                # an extra step, in which the inputs of the first step fired again for a round that does
+                # not exist (IndexError in the readout).
+                network.run((rounds * self.period_ms() - 0.5 * self.dt) * b2.ms, namespace={})
                 self._build_s = time.perf_counter() - started
                 directory = self.build_dir or Path(tempfile.mkdtemp(prefix="ttfs_brian_standalone_"))
                 self.build_dir = Path(directory)
@@ -656,7 +668,7 @@ class Simulator:
                     else:
                         device.build(directory=str(self.build_dir), compile=True, run=False, with_output=False)
                 except RuntimeError as exc:
-                    raise RuntimeError(
+                    raise ToolchainError(
                         f"building the {self.device} project in {self.build_dir} failed ({exc}); check the C++ "
                         "toolchain, or use device='runtime'") from exc
                 self._compile_s = time.perf_counter() - compiled
@@ -681,7 +693,7 @@ class Simulator:
         step_limit = 10**9 // self.steps_per_round()
         if self.rounds is not None:
             if self.rounds > step_limit:
-                raise ValueError(f"rounds={self.rounds} x {self.steps_per_round()} steps exceeds 1e9 steps in one "
+                raise InputError(f"rounds={self.rounds} x {self.steps_per_round()} steps exceeds 1e9 steps in one "
                                  f"run; use at most {step_limit} rounds (or a larger dt)")
             return replicas, self.rounds
         most = max(1, self.max_spikes_per_run // max(1, replicas * self.neurons_per_sample))
@@ -747,6 +759,10 @@ class Simulator:
         rounds = (t * per_ms + 0.5 * self.dt / self.period_ms()).astype(np.int64)  # t >= 0: truncation is floor
         replica = index // stage.layer.size
         neuron = index - replica * stage.layer.size
+        if rounds.size and (rounds.max() >= self.rounds or replica.max() >= self.replicas):
+            raise RuntimeError(f"internal error: layer {stage.layer.name!r} recorded an event in round "
+                               f"{rounds.max()} / replica {replica.max()} of a run with {self.rounds} rounds and "
+                               f"{self.replicas} replicas")
         return rounds * self.replicas + replica, neuron.astype(np.int64), values
 
     def run(self, x: np.ndarray) -> SimulationResult:
@@ -756,7 +772,7 @@ class Simulator:
         data = validate_inputs(self.net, x)
         n = data.shape[0]
         if n == 0:
-            raise ValueError("empty batch: x has 0 samples")
+            raise InputError("empty batch: x has 0 samples")
         t_in, input_clipped = self._encode(data)
         if not self.compiled:
             self._build(*self._layout(n))
@@ -771,8 +787,17 @@ class Simulator:
         reports: dict[str, list[tuple[np.ndarray, ...]]] = {stage.layer.name: [] for stage in self._stages}
         started = time.perf_counter()
         meta: dict[str, Any] = {}
+        progress = tqdm(total=chunks, unit="run", desc=f"Brian2 {self.device}", disable=None, leave=False)
+        if self.device == "runtime" and self._runs == 0:
+            # Brian2 compiles the Cython code objects in the first run (minutes; cached for later processes)
+            progress.set_description("Brian2 runtime: compiling code objects (first run only)")
+            log.info("first runtime run: Brian2 generates and compiles its code objects (%s target); this can take "
+                     "minutes and is cached for later runs", self.codegen_target or "default")
         for chunk in range(chunks):
             self._simulate(padded[chunk * per_run:(chunk + 1) * per_run])
+            self._runs += 1
+            progress.set_description(f"Brian2 {self.device}")
+            progress.update()
             offset = chunk * per_run
             for stage in self._stages:
                 name, size = stage.layer.name, stage.layer.size
@@ -798,6 +823,7 @@ class Simulator:
                         t, v = self._read((name, kind), "t", "v")
                         first = t * 1e3 < self.period_ms() - 0.5 * self.dt  # sample 0 is round 0
                         meta.setdefault("traces", {})[name] = (t[first] * 1e3, np.asarray(v)[first].T.copy())
+        progress.close()
         run_s = time.perf_counter() - started
         result = self._assemble(raw, crossed, reports, n, input_clipped)
         result.meta.update(meta)
@@ -818,8 +844,11 @@ class Simulator:
         """Spike times, logits and the report from the monitored values (first ``n`` samples)."""
         net = self.net
         spike_times: dict[str, np.ndarray] = {}
-        records, flagged = [], np.zeros(n, dtype=bool)
+        records, reasons = [], no_flags(n)
         logits = None
+        bound = None
+        if self.timing == "grid":
+            bound = grid_error_bound(net, self.dt, {s.layer.name: s.conn for s in self._stages if s.conn is not None})
         for stage in self._stages:
             layer = stage.layer
             values = raw[layer.name][:n * layer.size]
@@ -858,7 +887,11 @@ class Simulator:
             for key in (layer.name, *layer.aliases):
                 spike_times[key] = times
             clipped_n, early_n = (mask.reshape(n, -1).sum(axis=1) for mask in (clipped, early))
-            records.append(layer_record(layer.name, layer.kind, times, clipped_n, early_n))
-            flagged |= (clipped_n + early_n) > 0
+            worst = 0.0 if bound is None else float(bound.spike_ms[layer.name].max())
+            records.append(layer_record(layer.name, layer.kind, times, clipped_n, early_n, worst))
+            note_layer_flags(reasons, layer.kind, clipped_n, early_n)
         assert logits is not None
-        return SimulationResult(logits, spike_times, build_report(records), flagged, backend="brian2", meta={})
+        if bound is not None:
+            reasons["uncertain_prediction"] = uncertain_predictions(logits, bound.logits)
+        return SimulationResult(logits, spike_times, build_report(records), reasons, backend="brian2", meta={},
+                                error_bound=bound)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..network import Layer
+from .network import Layer
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ttfs_brian.brian import connectivity as cm
+from ttfs_brian import connectivity as cm
 from ttfs_brian.network import Layer
 
 
