@@ -1,11 +1,15 @@
 """Capture a torch model as a ReLU graph with torch.fx.
 
-Any module whose forward is a chain of supported operations works, not only ``nn.Sequential``.
-Shapes come from ``torch.fx.passes.shape_prop.ShapeProp`` on one calibration sample.
+Any module whose forward is a directed acyclic graph of supported operations works: chains,
+residual additions (``+``, ``+=``, ``torch.add``, ``Tensor.add``), channel concatenation
+(``torch.cat(dim=1)``) and shortcuts. Shapes come from ``torch.fx.passes.shape_prop.ShapeProp`` on
+one calibration batch. An unsupported operation is an error naming its module path (e.g.
+``layer1.0.conv2``, or the module whose forward calls the function).
 """
 from __future__ import annotations
 
 import copy
+import operator
 import warnings
 from typing import Any, Callable
 
@@ -21,13 +25,15 @@ from .graph import Graph, Op
 
 SUPPORTED = (
     "Linear, Conv2d (zero padding; any stride, padding, dilation, groups), BatchNorm1d/2d "
-    "(eval-mode statistics), ReLU, MaxPool2d, AvgPool2d, Flatten, Dropout, Identity, and the "
-    "functional forms relu, max_pool2d, avg_pool2d, flatten, dropout, view/reshape to (N, -1)"
+    "(eval-mode statistics), ReLU, MaxPool2d, AvgPool2d, AdaptiveAvgPool2d, Flatten, Dropout, Identity, "
+    "additions followed by a ReLU (+, +=, torch.add, Tensor.add), torch.cat(dim=1), and the functional forms "
+    "relu, max_pool2d, avg_pool2d, adaptive_avg_pool2d, flatten, dropout, view/reshape to (N, -1)"
 )
 
 _PASSTHROUGH_MODULES = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 _RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
 _DROPOUT_FUNCTIONS = {F.dropout, torch.dropout, F.dropout2d}
+_ADD_FUNCTIONS = {operator.add, operator.iadd, torch.add}
 _FLATTEN_METHODS = {"flatten", "view", "reshape"}
 
 
@@ -47,13 +53,13 @@ def trace(model: nn.Module) -> torch.fx.GraphModule:
         return torch.fx.symbolic_trace(model)
     except Exception as exc:  # torch.fx raises many types for untraceable code
         raise ConversionError(
-            f"torch.fx could not trace {type(model).__name__}: {exc}. The forward must be a chain "
+            f"torch.fx could not trace {type(model).__name__}: {exc}. The forward must be a graph "
             f"of supported operations without data-dependent control flow. Supported: {SUPPORTED}"
         ) from exc
 
 
 def capture(model: nn.Module, example: torch.Tensor) -> Graph:
-    """The ReLU graph of ``model`` (float64 parameters), shapes from one example batch.
+    """The ReLU graph of ``model`` (float64 parameters), shapes from one example batch (of two or more samples).
 
     Every call site is its own op: a module called twice (one ``self.pool`` after two convolutions)
     gives the ops ``pool`` and ``pool_1``, each with its own spike times.
@@ -64,7 +70,7 @@ def capture(model: nn.Module, example: torch.Tensor) -> Graph:
     try:
         with torch.no_grad():
             evaluated(example)
-    except Exception as exc:
+    except Exception as exc:  # the model's own error, whatever its type
         raise ConversionError(
             f"the model failed on calibration data of shape {tuple(example.shape)} "
             f"({type(exc).__name__}: {_first_line(exc)}); the data must have the model's input shape (N, ...)"
@@ -72,43 +78,52 @@ def capture(model: nn.Module, example: torch.Tensor) -> Graph:
     gm = trace(evaluated)
     ShapeProp(gm).propagate(example)
 
-    graph: Graph = []
-    tensor_users = {node: [u for u in node.users if not _is_ignored(u)] for node in gm.graph.nodes}
     names = _call_site_names(gm)
-    head: torch.fx.Node | None = None  # the fx node whose value the last op of `graph` equals
+    graph: Graph = []
+    value_of: dict[torch.fx.Node, str] = {}  # fx node -> the op whose output equals its value
+    result: str | None = None
     for node in gm.graph.nodes:
-        if _is_ignored(node):
-            continue
         if node.op == "placeholder":
-            if head is not None:
+            if graph:
                 raise ConversionError("the model has more than one input; only single-input models are supported")
-            graph.append(Op("input", "input", (), _shape(node), source=node.name))
-            head = node
-            continue
-        if node.op == "output":
-            if node.args[0] is not head:
-                raise ConversionError("the model's output must be the last tensor of its chain of operations")
-            break
-        if node.op == "get_attr":
-            raise UnsupportedModuleError(
-                f"'{node.target}' is a parameter used directly in forward (get_attr); use modules or the "
-                f"functional forms of supported layers. Supported: {SUPPORTED}"
-            )
-        inputs = [n for n in node.all_input_nodes if not _is_ignored(n)]
-        if len(inputs) != 1 or inputs[0] is not head:
-            raise UnsupportedModuleError(
-                f"'{_label(node, gm)}' combines several tensors (branching, e.g. a residual addition); "
-                f"only chains are supported so far. Supported: {SUPPORTED}"
-            )
-        if len(tensor_users[head]) > 1:
-            raise UnsupportedModuleError(
-                f"the output of '{head.name}' is used by several operations (branching); only chains are supported"
-            )
-        op = _convert_node(node, gm, graph[-1].name, names[node])
-        if op is not None:
-            graph.append(op)
-        head = node  # a pass-through (dropout, identity) continues the chain too
-    return graph
+            graph.append(Op("input", "input", (), _shape(node, gm), source=node.name))
+            value_of[node] = "input"
+        elif node.op == "output":
+            if not isinstance(node.args[0], torch.fx.Node) or node.args[0] not in value_of:
+                raise ConversionError("the model must return a single tensor (its logits)")
+            result = value_of[node.args[0]]
+        elif node.op == "get_attr":
+            continue  # a parameter used directly: its consumer is reported below
+        elif not _is_ignored(node):
+            inputs = [n for n in node.all_input_nodes if _is_tensor(n)]
+            if any(n not in value_of for n in inputs):
+                raise UnsupportedModuleError(f"{_where(node, gm)} uses a parameter or constant tensor directly in "
+                                             f"forward; use modules or the functional forms of supported layers. "
+                                             f"Supported: {SUPPORTED}")
+            shape = _shape(node, gm)
+            if node.meta["tensor_meta"].shape[0] != example.shape[0]:
+                raise UnsupportedModuleError(f"{_where(node, gm)} changes the batch dimension; operations must act "
+                                             "on each sample separately")
+            op = _convert_node(node, gm, [value_of[n] for n in inputs], names[node], shape)
+            if op is None:  # a pass-through (dropout, identity): the value is its input's
+                value_of[node] = value_of[inputs[0]]
+            else:
+                graph.append(op)
+                value_of[node] = op.name
+    assert result is not None
+    return _ancestors(graph, result)
+
+
+def _ancestors(graph: Graph, result: str) -> Graph:
+    """The ops the result depends on, in topological order (the result last)."""
+    by_name = {op.name: op for op in graph}
+    needed, stack = set(), [result]
+    while stack:
+        name = stack.pop()
+        if name not in needed:
+            needed.add(name)
+            stack.extend(by_name[name].inputs)
+    return [op for op in graph if op.name in needed]
 
 
 def warn_if_training(model: nn.Module) -> None:
@@ -136,9 +151,10 @@ def _first_line(exc: BaseException) -> str:
 def _call_site_names(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, str]:
     """A unique user-facing name per node: the module path for a module's first call, ``path_1``,
     ``path_2`` ... for its later calls, and the torch.fx node name for functions and methods."""
-    taken = {name for name, _ in gm.named_modules()}
+    taken = {name for name, _ in gm.named_modules()} | {"input"}
     calls: dict[str, int] = {}
     names: dict[torch.fx.Node, str] = {}
+    used: set[str] = set()
     for node in gm.graph.nodes:
         if node.op == "call_module":
             target = str(node.target)
@@ -148,34 +164,49 @@ def _call_site_names(gm: torch.fx.GraphModule) -> dict[torch.fx.Node, str]:
         else:
             name = node.name
         base, k = name, 1
-        while name in names.values() or (name in taken and name != str(node.target)):
+        while name in used or (name in taken and name != str(node.target)):
             name, k = f"{base}_{k}", k + 1
         names[node] = name
+        used.add(name)
     return names
+
+
+def _is_tensor(node: torch.fx.Node) -> bool:
+    return "tensor_meta" in node.meta
 
 
 def _is_ignored(node: torch.fx.Node) -> bool:
     """Shape arithmetic (``x.size(0)``, ``x.shape[0]``, products of them): nodes that compute Python
     numbers, not tensors (ShapeProp records no ``tensor_meta`` for them)."""
-    return node.op in ("call_method", "call_function") and "tensor_meta" not in node.meta
+    return node.op in ("call_method", "call_function") and not _is_tensor(node)
 
 
-def _shape(node: torch.fx.Node) -> tuple[int, ...]:
+def _shape(node: torch.fx.Node, gm: torch.fx.GraphModule) -> tuple[int, ...]:
     meta = node.meta.get("tensor_meta")
-    if meta is None:
-        raise ConversionError(f"'{node.name}' does not produce a single tensor")
+    if meta is None or not hasattr(meta, "shape"):
+        raise UnsupportedModuleError(f"{_where(node, gm)} does not produce a single tensor")
     return tuple(int(s) for s in meta.shape[1:])
 
 
-def _label(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
+def _where(node: torch.fx.Node, gm: torch.fx.GraphModule) -> str:
+    """The operation and the module path it belongs to, as a user knows them."""
     if node.op == "call_module":
-        return f"{node.target} ({type(gm.get_submodule(node.target)).__name__})"
+        return f"module '{node.target}' ({type(gm.get_submodule(node.target)).__name__})"
     target = getattr(node.target, "__name__", str(node.target))
-    return f"{node.name} ({node.op} {target})"
+    kind = {"call_method": f"Tensor.{target}", "call_function": f"{target}", "get_attr": f"'{node.target}'"}.get(
+        node.op, target)
+    stack = node.meta.get("nn_module_stack") or {}
+    if stack:
+        path, (_, cls) = list(stack.items())[-1]
+        path = path.split("@")[0]
+        owner = getattr(cls, "__name__", str(cls))
+        return f"{kind} in module '{path}' ({owner})"
+    return f"{kind} in the model's forward"
 
 
-def _convert_node(node: torch.fx.Node, gm: torch.fx.GraphModule, prev: str, name: str) -> Op | None:
-    shape = _shape(node)
+def _convert_node(node: torch.fx.Node, gm: torch.fx.GraphModule, inputs: list[str], name: str,
+                  shape: tuple[int, ...]) -> Op | None:
+    single = tuple(inputs[:1])
     if node.op == "call_module":
         module = gm.get_submodule(node.target)
         builder = _MODULE_BUILDERS.get(type(module))
@@ -183,38 +214,69 @@ def _convert_node(node: torch.fx.Node, gm: torch.fx.GraphModule, prev: str, name
             if isinstance(module, _PASSTHROUGH_MODULES):
                 return None
             raise UnsupportedModuleError(
-                f"module '{name}' of type {type(module).__name__} is not supported. Supported: {SUPPORTED}"
-            )
+                f"module '{name}' of type {type(module).__name__} is not supported. Supported: {SUPPORTED}")
         op = builder(module, name, shape)
-        return Op(op.name, op.kind, (prev,), shape, op.params, op.attrs, (name,), node.name)
+        return Op(op.name, op.kind, single, shape, op.params, op.attrs, (name,), node.name)
+    fn = node.target
     if node.op == "call_function":
-        fn = node.target
         if fn in _RELU_FUNCTIONS:
-            return Op(name, "relu", (prev,), shape, aliases=(name,), source=name)
+            return Op(name, "relu", single, shape, aliases=(name,), source=node.name)
         if fn in _DROPOUT_FUNCTIONS:
             return None
+        if fn in _ADD_FUNCTIONS:
+            return _add_op(node, gm, name, inputs, shape)
+        if fn is torch.cat:
+            return _cat_op(node, gm, name, inputs, shape)
         if fn is torch.flatten:
-            return _flatten_op(node, shape, prev, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
+            if _arg(node, 1, "start_dim", 0) != 1 or _arg(node, 2, "end_dim", -1) != -1:
+                raise UnsupportedModuleError(f"{_where(node, gm)} must flatten with start_dim=1, end_dim=-1")
+            return Op(name, "flatten", single, shape, aliases=(name,), source=node.name)
         if fn is F.max_pool2d:
             attrs = _pool_attrs(node, ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
                                 {"stride": None, "padding": 0, "dilation": 1, "ceil_mode": False, "return_indices": False})
-            return _maxpool_op(name, attrs, shape, prev)
+            return _maxpool_op(name, attrs, shape, single, node.name)
         if fn is F.avg_pool2d:
             attrs = _pool_attrs(node, ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
                                        "divisor_override"),
                                 {"stride": None, "padding": 0, "ceil_mode": False, "count_include_pad": True,
                                  "divisor_override": None})
-            return _avgpool_op(name, attrs, shape, prev)
+            return _avgpool_op(name, attrs, shape, single, node.name)
+        if fn is F.adaptive_avg_pool2d:
+            return Op(name, "adaptive_avgpool", single, shape, {}, {"output_size": tuple(shape[1:])}, (name,),
+                      node.name)
     if node.op == "call_method":
-        if node.target == "relu":
-            return Op(name, "relu", (prev,), shape, aliases=(name,), source=name)
-        if node.target in _FLATTEN_METHODS:
+        if fn == "relu":
+            return Op(name, "relu", single, shape, aliases=(name,), source=node.name)
+        if fn == "add":
+            return _add_op(node, gm, name, inputs, shape)
+        if fn in _FLATTEN_METHODS:
             if len(shape) == 1:
-                return Op(name, "flatten", (prev,), shape, aliases=(name,), source=name)
-            raise UnsupportedModuleError(
-                f"'{name}' reshapes to {shape}; only flattening to (N, features) is supported"
-            )
-    raise UnsupportedModuleError(f"operation '{_label(node, gm)}' is not supported. Supported: {SUPPORTED}")
+                return Op(name, "flatten", single, shape, aliases=(name,), source=node.name)
+            raise UnsupportedModuleError(f"{_where(node, gm)} reshapes to {shape}; only flattening to (N, features) "
+                                         "is supported")
+    raise UnsupportedModuleError(f"{_where(node, gm)} is not supported. Supported: {SUPPORTED}")
+
+
+def _add_op(node: torch.fx.Node, gm: torch.fx.GraphModule, name: str, inputs: list[str],
+            shape: tuple[int, ...]) -> Op:
+    operands = [a for a in node.args if not (isinstance(a, torch.fx.Node) and not _is_tensor(a))]
+    if len(inputs) != 2 or len(operands) != 2 or node.kwargs.get("alpha", 1) != 1:
+        raise UnsupportedModuleError(f"{_where(node, gm)} adds a constant or a scaled tensor; only the sum of two "
+                                     "tensors of the same shape (a residual addition) is supported")
+    shapes = {tuple(a.meta["tensor_meta"].shape) for a in node.args if isinstance(a, torch.fx.Node)}
+    if len(shapes) != 1:
+        raise UnsupportedModuleError(f"{_where(node, gm)} broadcasts tensors of shapes {sorted(shapes)}; a residual "
+                                     "addition needs equal shapes")
+    return Op(name, "add", tuple(inputs), shape, aliases=(name,), source=node.name)
+
+
+def _cat_op(node: torch.fx.Node, gm: torch.fx.GraphModule, name: str, inputs: list[str],
+            shape: tuple[int, ...]) -> Op:
+    dim = _arg(node, 1, "dim", 0)
+    if (dim if dim >= 0 else dim + len(shape) + 1) != 1:
+        raise UnsupportedModuleError(f"{_where(node, gm)} concatenates along dim={dim}; only channels (dim=1) are "
+                                     "supported")
+    return Op(name, "cat", tuple(inputs), shape, aliases=(name,), source=node.name)
 
 
 def _arg(node: torch.fx.Node, index: int, key: str, default: Any) -> Any:
@@ -224,17 +286,11 @@ def _arg(node: torch.fx.Node, index: int, key: str, default: Any) -> Any:
 
 
 def _pool_attrs(node: torch.fx.Node, names: tuple[str, ...], defaults: dict[str, Any]) -> dict[str, Any]:
-    attrs = {key: _arg(node, i + 1, key, defaults.get(key)) for i, key in enumerate(names)}
-    return attrs
+    return {key: _arg(node, i + 1, key, defaults.get(key)) for i, key in enumerate(names)}
 
 
-def _flatten_op(node: torch.fx.Node, shape: tuple[int, ...], prev: str, start: int, end: int) -> Op:
-    if start != 1 or end != -1:
-        raise UnsupportedModuleError(f"flatten at '{node.name}' must use start_dim=1, end_dim=-1 (got {start}, {end})")
-    return Op(node.name, "flatten", (prev,), shape, aliases=(node.name,), source=node.name)
-
-
-def _maxpool_op(name: str, attrs: dict[str, Any], shape: tuple[int, ...], prev: str) -> Op:
+def _maxpool_op(name: str, attrs: dict[str, Any], shape: tuple[int, ...], inputs: tuple[str, ...] = (),
+                source: str | None = None) -> Op:
     if attrs.get("return_indices"):
         raise UnsupportedModuleError(f"MaxPool2d '{name}' with return_indices=True is not supported")
     kernel = _pair(attrs["kernel_size"])
@@ -245,10 +301,11 @@ def _maxpool_op(name: str, attrs: dict[str, Any], shape: tuple[int, ...], prev: 
         "dilation": _pair(attrs["dilation"]),
         "ceil_mode": bool(attrs["ceil_mode"]),
     }
-    return Op(name, "maxpool", (prev,), shape, {"sign": np.ones(shape[0])}, clean, (name,), name)
+    return Op(name, "maxpool", inputs, shape, {"sign": np.ones(shape[0])}, clean, (name,), source)
 
 
-def _avgpool_op(name: str, attrs: dict[str, Any], shape: tuple[int, ...], prev: str) -> Op:
+def _avgpool_op(name: str, attrs: dict[str, Any], shape: tuple[int, ...], inputs: tuple[str, ...] = (),
+                source: str | None = None) -> Op:
     kernel = _pair(attrs["kernel_size"])
     if attrs["ceil_mode"] or not attrs["count_include_pad"]:
         raise UnsupportedModuleError(
@@ -260,7 +317,7 @@ def _avgpool_op(name: str, attrs: dict[str, Any], shape: tuple[int, ...], prev: 
         "padding": _pair(attrs["padding"]),
         "divisor_override": attrs["divisor_override"],
     }
-    return Op(name, "avgpool", (prev,), shape, {}, clean, (name,), name)
+    return Op(name, "avgpool", inputs, shape, {}, clean, (name,), source)
 
 
 def _linear(module: nn.Linear, name: str, shape: tuple[int, ...]) -> Op:
@@ -303,7 +360,7 @@ def _batchnorm(module: nn.modules.batchnorm._BatchNorm, name: str, shape: tuple[
                                           "shift": np.broadcast_to(shift[expand], shape).copy()})
 
 
-def _relu(module: nn.Module, name: str, shape: tuple[int, ...]) -> Op:
+def _relu(module: nn.ReLU, name: str, shape: tuple[int, ...]) -> Op:
     return Op(name, "relu", (), shape)
 
 
@@ -316,13 +373,17 @@ def _flatten_module(module: nn.Flatten, name: str, shape: tuple[int, ...]) -> Op
 def _maxpool_module(module: nn.MaxPool2d, name: str, shape: tuple[int, ...]) -> Op:
     return _maxpool_op(name, {"kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding,
                               "dilation": module.dilation, "ceil_mode": module.ceil_mode,
-                              "return_indices": module.return_indices}, shape, "")
+                              "return_indices": module.return_indices}, shape)
 
 
 def _avgpool_module(module: nn.AvgPool2d, name: str, shape: tuple[int, ...]) -> Op:
     return _avgpool_op(name, {"kernel_size": module.kernel_size, "stride": module.stride, "padding": module.padding,
                               "ceil_mode": module.ceil_mode, "count_include_pad": module.count_include_pad,
-                              "divisor_override": module.divisor_override}, shape, "")
+                              "divisor_override": module.divisor_override}, shape)
+
+
+def _adaptive_avgpool_module(module: nn.AdaptiveAvgPool2d, name: str, shape: tuple[int, ...]) -> Op:
+    return Op(name, "adaptive_avgpool", (), shape, {}, {"output_size": tuple(shape[1:])})
 
 
 _MODULE_BUILDERS: dict[type, Callable[[Any, str, tuple[int, ...]], Op]] = {
@@ -334,6 +395,7 @@ _MODULE_BUILDERS: dict[type, Callable[[Any, str, tuple[int, ...]], Op]] = {
     nn.Flatten: _flatten_module,
     nn.MaxPool2d: _maxpool_module,
     nn.AvgPool2d: _avgpool_module,
+    nn.AdaptiveAvgPool2d: _adaptive_avgpool_module,
 }
 
 

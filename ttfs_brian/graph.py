@@ -1,8 +1,9 @@
 """The ReLU graph: the torch model as float64 NumPy operations, before it becomes spiking layers.
 
-:mod:`ttfs_brian.capture` builds it from a torch model, :mod:`ttfs_brian.passes` rewrites it
-(each pass a pure function ``graph -> graph`` that keeps :func:`forward` unchanged), and
-:mod:`ttfs_brian.convert` turns the rewritten graph into a :class:`~ttfs_brian.network.TTFSNetwork`.
+A directed acyclic graph of ops in topological order. :mod:`ttfs_brian.capture` builds it from a
+torch model, :mod:`ttfs_brian.passes` rewrites it (each pass a pure function ``graph -> graph``
+that keeps :func:`forward` unchanged), and :mod:`ttfs_brian.lowering` turns it into populations
+and projections.
 
 Op kinds and their params (per-sample shapes):
 
@@ -14,6 +15,8 @@ Op kinds and their params (per-sample shapes):
 - ``relu``; ``flatten``.
 - ``maxpool``: ``sign (C,)``: +1 max, -1 min; attrs as ``torch.nn.MaxPool2d``.
 - ``avgpool``: attrs as ``torch.nn.AvgPool2d``.
+- ``adaptive_avgpool``: attrs ``output_size`` (as ``torch.nn.AdaptiveAvgPool2d``).
+- ``add``: the sum of its inputs (same shapes); ``cat``: their concatenation along channels (dim 1).
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import ConversionError
+from .evaluate import signed_max_pool
 
 
 @dataclass(frozen=True)
@@ -61,9 +65,13 @@ def conv_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     return {key: attrs[key] for key in ("stride", "padding", "dilation", "groups")}
 
 
-def apply_op(op: Op, x: torch.Tensor) -> torch.Tensor:
-    """Evaluate one op on a batch ``x`` of shape ``(N, *input_shape)`` in float64."""
+def apply_op(op: Op, x: torch.Tensor, *others: torch.Tensor) -> torch.Tensor:
+    """Evaluate one op on batches ``(N, *shape)`` of its inputs, in float64."""
     kind = op.kind
+    if kind == "add":
+        return sum(others, x)
+    if kind == "cat":
+        return torch.cat([x, *others], dim=1)
     if kind == "input":
         return x
     if kind == "relu":
@@ -80,17 +88,9 @@ def apply_op(op: Op, x: torch.Tensor) -> torch.Tensor:
         return signed_max_pool(x, op.params["sign"], op.attrs)
     if kind == "avgpool":
         return F.avg_pool2d(x, **op.attrs)
+    if kind == "adaptive_avgpool":
+        return F.adaptive_avg_pool2d(x, op.attrs["output_size"])
     raise ConversionError(f"unknown op kind {kind!r} in op {op.name!r}")
-
-
-def signed_max_pool(x: torch.Tensor, sign: np.ndarray, attrs: dict[str, Any]) -> torch.Tensor:
-    """Max pooling for channels with sign +1 and min pooling for channels with sign -1."""
-    sign_t = _t(sign).reshape(1, -1, 1, 1)
-    maxima = F.max_pool2d(x, **attrs)
-    if np.all(np.asarray(sign) > 0):
-        return maxima
-    minima = -F.max_pool2d(-x, **attrs)
-    return torch.where(sign_t > 0, maxima, minima)
 
 
 def forward(graph: Graph, x: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor]:
@@ -98,26 +98,20 @@ def forward(graph: Graph, x: torch.Tensor | np.ndarray) -> dict[str, torch.Tenso
     x = _t(x) if not isinstance(x, torch.Tensor) else x.to(torch.float64)
     values: dict[str, torch.Tensor] = {}
     for op in graph:
-        inp = x if op.kind == "input" else values[op.inputs[0]]
-        values[op.name] = apply_op(op, inp)
+        args = [x] if op.kind == "input" else [values[name] for name in op.inputs]
+        values[op.name] = apply_op(op, *args)
     return values
 
 
-def output_op(graph: Graph) -> Op:
-    """The last Linear/Conv of the graph: the layer that produces the logits."""
-    cores = [op for op in graph if op.kind in ("linear", "conv")]
-    if not cores:
-        raise ConversionError("the model has no Linear or Conv2d layer to produce the logits")
-    return cores[-1]
+def consumers(graph: Graph) -> dict[str, list[Op]]:
+    """Op name -> the ops that take its output as an input."""
+    users: dict[str, list[Op]] = {op.name: [] for op in graph}
+    for op in graph:
+        for name in op.inputs:
+            users[name].append(op)
+    return users
 
 
-def per_channel(array: np.ndarray, what: str) -> np.ndarray:
-    """The per-channel values of a ``(C, H, W)`` array that must be constant over space."""
-    array = np.asarray(array, dtype=np.float64)
-    flat = array.reshape(array.shape[0], -1)
-    if not np.allclose(flat, flat[:, :1], rtol=0, atol=1e-12 * max(1.0, float(np.abs(flat).max(initial=0)))):
-        raise ConversionError(
-            f"{what} varies across positions within a channel; only per-channel maps can be "
-            "folded into a convolution or pushed through pooling"
-        )
-    return flat[:, 0].copy()
+def output_of(graph: Graph) -> Op:
+    """The op whose value the model returns (the last op; capture puts it there)."""
+    return graph[-1]

@@ -1,55 +1,36 @@
 """The converted network: the single intermediate representation every engine consumes.
 
-A :class:`TTFSNetwork` is a directed acyclic graph of :class:`Layer` nodes, stored in
-topological order. Each layer's neurons fire at most one spike inside the layer's window
-``[t_min, t_max]`` (ms); a value ``x >= 0`` (in units of ``tau_c``) is the spike time
-``t = t_max - x * tau_c``.
+A :class:`TTFSNetwork` is a directed acyclic graph of populations (:class:`Layer`), stored in
+topological order. Each layer receives one or more :class:`~ttfs_brian.projection.Projection` s
+(dense, conv, identity or pool) from earlier layers, each with a synaptic delay. Every neuron fires
+at most one spike inside its layer's window ``[t_min, t_max]`` (ms); a value ``x >= 0`` (units of
+``tau_c``) is the spike time ``t = t_max - x * tau_c`` (:mod:`ttfs_brian.coding`).
 
-Layer kinds and the arrays they carry (per-sample shapes; ``P`` = neurons of the layer):
+Layer kinds and their arrays (per-sample shapes; ``P`` = the layer's neurons):
 
-``input``
-    ``low``, ``high``: the affine input map ``u = (x - low) / (high - low)``; ``u`` in [0, 1]
-    is the value carried by the input spike.
-``linear`` / ``conv`` (hidden, spiking)
-    ``weight``: synaptic weights (``J`` for variant ``exact``, ``W`` for ``sparse``),
-    ``(out, in)`` or ``(C_out, C_in / groups, kh, kw)``;
-    ``bias``: the folded per-neuron bias ``b`` (shape of the layer, a bias *map* for conv);
-    ``threshold``: per-neuron threshold ``theta``;
-    ``scale``: per-neuron factor applied by weight preprocessing (decoded value / scale =
-    activation of the original model).
-``maxpool``
-    ``sign``: +1 per channel for max (earliest spike), -1 for min (latest spike).
-``linear`` / ``conv`` with ``attrs["output"] = True``
-    ``weight``, ``bias`` and, for ``exact``, ``drive`` (the constant input current alpha).
-    The logits are the membrane potentials at ``t_min`` of this layer.
+``input``    ``low``, ``high``: the affine map ``u = (x - low) / (high - low)``; ``u`` in [0, 1] is
+             the value of the input spike.
+``neuron``   (hidden, spiking) ``bias`` (per neuron, a bias *map* for convolutions), ``threshold``,
+             ``scale`` (weight preprocessing: decoded value / scale = the original activation).
+             Projection weights are ``J`` for variant ``exact``, ``W`` for ``sparse``.
+``maxpool``  one ``pool`` projection; ``sign`` per channel: +1 max (earliest spike), -1 min (latest);
+             ``scale``.
+``output``   ``bias`` and, for ``exact``, ``drive`` (the constant current alpha); the logits are the
+             membrane potentials at ``t_min`` of this layer.
 
-Dynamics (times in units of ``tau_c``; for layer ``n`` with input layer ``p``, ``B_in`` and ``B``
-are the window lengths of ``p`` and ``n``; an input spike at ``t_j`` carries ``x_j = (t_max(p) -
-t_j) / tau_c``, clamped to ``[0, B_in]`` because integration starts at ``t_min(p)``):
+Timing of a layer ``n`` with sources ``s`` (SPEC section 7): ``p`` is the source with the latest
+``t_max``; a projection from ``s`` carries the delay ``t_max(p) - t_max(s) + D`` (``D`` the uniform
+transmission delay ``meta["delay_ms"]``), so every spike arrives as if emitted by ``p``, and
+``t_min(n) = t_max(p) + D``. Integration starts at ``t_on = min_s (t_min(s) + delay_s)``
+(:func:`integration_start`); the neuron dynamics of both variants are in :mod:`ttfs_brian.neuron`.
 
-``exact`` hidden neuron (SPEC section 3), for ``t >= t_min(p)``, ``V(t_min(p)) = 0``::
-
-    dV/dt = 1 + sum_j J_ij H(t - max(t_j, t_min(p)))   (+ sum of J over zero-padded inputs, which
-                                                          spike at t_max(p) = t_min(n))
-    fire at the first t with V >= theta, or at t_max(n) if V never reached theta.
-
-``sparse`` hidden neuron (SPEC section 4)::
-
-    dV/dt = sum_j W_ij H(t - t_j)  for t < t_min(n);   dV/dt = 1  for t >= t_min(n)
-    fire at the first t in [t_min(n), t_max(n)) with V >= theta; silence means value 0.
-
-Max pool: the pooled neuron fires with the earliest spike of its pool (sign +1) or with the
-latest (sign -1, silent if any input is silent). Output (``exact``): ``dV/dt = drive + sum_j
-J_ij H(t - t_j)`` from ``t_min(p)``; (``sparse``): ``dV/dt = sum_j W_ij H(t - t_j)``; the logits
-are ``V(t_min(out))`` (plus ``bias`` in ``sparse``). The values decoded from a layer are clipped
-(and counted) when a spike comes before the layer's ``t_min``; ``exact`` also counts early
-firing, a threshold crossing before ``t_min`` caused by the order of the input spikes.
-
-File format (``save``/``load``, version :data:`FORMAT_VERSION`): one ``.npz`` archive. The
-entry ``__meta__`` is a JSON document ``{"format": "ttfs_brian.network", "version": 1,
-"variant", "tau_c", "dt", "output", "meta", "layers": [...]}`` where each layer is
-``{"name", "kind", "inputs", "shape", "t_min", "t_max", "aliases", "attrs", "arrays"}``; the
-array ``name`` of layer ``L`` is stored under the entry ``"L/name"``. Loading needs NumPy only.
+File format (``save``/``load``, version :data:`FORMAT_VERSION`): one ``.npz`` archive. The entry
+``__meta__`` is a JSON document ``{"format": "ttfs_brian.network", "version": 2, "variant", "tau_c",
+"dt", "output", "meta", "composites", "layers": [...]}``; each layer is ``{"name", "kind", "shape",
+"t_min", "t_max", "aliases", "attrs", "arrays", "projections": [{"source", "kind", "attrs", "delay",
+"weight"}]}``. Array ``a`` of layer ``L`` is the entry ``"L/a"``, the weight of its ``k``-th projection
+``"L/projection_k"``. Version 1 files (chains of ``linear``/``conv``/``maxpool`` layers) still load.
+Loading needs NumPy only.
 """
 from __future__ import annotations
 
@@ -63,28 +44,30 @@ from typing import Any
 import numpy as np
 
 from .errors import NetworkFileError
+from .projection import Projection
 
 FORMAT_NAME = "ttfs_brian.network"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 VARIANTS = ("exact", "sparse")
-KINDS = ("input", "linear", "conv", "maxpool")
+KINDS = ("input", "neuron", "maxpool", "output")
 
 
 @dataclass
 class Layer:
-    """One node of the converted network.
+    """One population of the converted network.
 
-    ``aliases`` are the names (qualified module names from ``model.named_modules()``, or
-    torch.fx node names for functional calls) whose activations this layer carries;
-    results are reported under every alias.
+    ``aliases`` are the names (module paths from ``model.named_modules()``, with ``_1``, ``_2`` for
+    later calls of the same module, or torch.fx node names of functional calls) whose activations
+    this layer carries; results are reported under every alias.
     """
 
     name: str
     kind: str
-    inputs: tuple[str, ...]
     shape: tuple[int, ...]
     t_min: float
     t_max: float
+    projections: tuple[Projection, ...] = ()
     aliases: tuple[str, ...] = ()
     attrs: dict[str, Any] = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
@@ -94,18 +77,27 @@ class Layer:
         return int(np.prod(self.shape))
 
     @property
+    def inputs(self) -> tuple[str, ...]:
+        """Source layers, in the order of their first projection."""
+        return tuple(dict.fromkeys(p.source for p in self.projections))
+
+    @property
     def is_output(self) -> bool:
-        return bool(self.attrs.get("output", False))
+        return self.kind == "output"
 
     @property
     def is_spiking(self) -> bool:
         """True for layers whose neurons integrate synaptic input and fire (not pools, input, output)."""
-        return self.kind in ("linear", "conv") and not self.is_output
+        return self.kind == "neuron"
 
 
 @dataclass
 class TTFSNetwork:
-    """A converted single-spike network (see the module docstring for the layer semantics)."""
+    """A converted single-spike network (see the module docstring for the layer semantics).
+
+    ``composites`` names values that span several layers (a ReLU applied to a channel
+    concatenation gives one layer per part): alias -> layer names, concatenated along channels.
+    """
 
     variant: str
     tau_c: float
@@ -113,6 +105,7 @@ class TTFSNetwork:
     output: str
     dt: float | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    composites: dict[str, list[str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
@@ -137,10 +130,9 @@ class TTFSNetwork:
     def num_classes(self) -> int:
         return self.output_layer.size
 
-    def predecessor(self, layer: Layer) -> Layer:
-        if len(layer.inputs) != 1:
-            raise NotImplementedError(f"layer {layer.name!r} has {len(layer.inputs)} inputs; only chains are simulated")
-        return self.layers[layer.inputs[0]]
+    def sources(self, layer: Layer) -> list[tuple[Projection, Layer]]:
+        """Each incoming projection of ``layer`` with its source layer."""
+        return [(proj, self.layers[proj.source]) for proj in layer.projections]
 
     def window_length(self, layer: Layer) -> float:
         """Window length ``B`` of a layer in units of tau_c."""
@@ -156,6 +148,10 @@ class TTFSNetwork:
             for key in (layer.name, *layer.aliases):
                 table.setdefault(key, layer)
         return table
+
+    def names(self, layer: Layer) -> tuple[str, ...]:
+        """Every name a layer's results are reported under: its own and its aliases."""
+        return tuple(dict.fromkeys((layer.name, *layer.aliases)))
 
     @property
     def windows(self) -> dict[str, tuple[float, float]]:
@@ -182,14 +178,22 @@ class TTFSNetwork:
             return self.layers[key]
         raise KeyError(f"no layer or alias {key!r}; known: {sorted(table)}")
 
+    @property
+    def synapse_count(self) -> int:
+        """Synapses per sample (see :mod:`ttfs_brian.connectivity`)."""
+        from .connectivity import for_projection
+
+        return sum(for_projection(self, layer, proj).n_synapses for layer in self.layers.values()
+                   for proj in layer.projections)
+
     def summary(self) -> str:
         lines = [f"TTFSNetwork(variant={self.variant}, tau_c={self.tau_c} ms, dt={self.dt})"]
         for layer in self.layers.values():
-            role = "output" if layer.is_output else layer.kind
+            sources = ", ".join(f"{p.kind} {p.source}" + (f" +{p.delay:g} ms" if p.delay else "")
+                                for p in layer.projections)
             lines.append(
-                f"  {layer.name:<24} {role:<8} shape={layer.shape!s:<16} "
-                f"window=[{layer.t_min:.4f}, {layer.t_max:.4f}] ms  aliases={list(layer.aliases)}"
-            )
+                f"  {layer.name:<24} {layer.kind:<8} shape={layer.shape!s:<16} "
+                f"window=[{layer.t_min:.4f}, {layer.t_max:.4f}] ms  from: {sources or '-'}")
         return "\n".join(lines)
 
     # ----------------------------------------------------------------- persistence
@@ -201,34 +205,30 @@ class TTFSNetwork:
         for layer in self.layers.values():
             if "/" in layer.name:
                 raise ValueError(f"layer name {layer.name!r} must not contain '/'")
-            layers_meta.append(
-                {
-                    "name": layer.name,
-                    "kind": layer.kind,
-                    "inputs": list(layer.inputs),
-                    "shape": list(layer.shape),
-                    "t_min": layer.t_min,
-                    "t_max": layer.t_max,
-                    "aliases": list(layer.aliases),
-                    "attrs": layer.attrs,
-                    "arrays": sorted(layer.arrays),
-                }
-            )
+            projections = []
+            for k, proj in enumerate(layer.projections):
+                projections.append({"source": proj.source, "kind": proj.kind, "attrs": proj.attrs,
+                                    "delay": proj.delay, "weight": proj.weight is not None})
+                if proj.weight is not None:
+                    arrays[f"{layer.name}/projection_{k}"] = np.asarray(proj.weight)
+            layers_meta.append({
+                "name": layer.name, "kind": layer.kind, "shape": list(layer.shape), "t_min": layer.t_min,
+                "t_max": layer.t_max, "aliases": list(layer.aliases), "attrs": layer.attrs,
+                "arrays": sorted(layer.arrays), "projections": projections,
+            })
             for key, value in layer.arrays.items():
                 arrays[f"{layer.name}/{key}"] = np.asarray(value)
-        header = {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "variant": self.variant,
-            "tau_c": self.tau_c,
-            "dt": self.dt,
-            "output": self.output,
-            "meta": self.meta,
-            "layers": layers_meta,
-        }
+        header = {"format": FORMAT_NAME, "version": FORMAT_VERSION, "variant": self.variant, "tau_c": self.tau_c,
+                  "dt": self.dt, "output": self.output, "meta": self.meta, "composites": self.composites,
+                  "layers": layers_meta}
         with open(path, "wb") as handle:
             np.savez_compressed(handle, __meta__=np.array(json.dumps(header)), **arrays)
         return path
+
+
+def integration_start(net: TTFSNetwork, layer: Layer) -> float:
+    """``t_on`` (ms): the earliest arrival any input of ``layer`` can have, ``min_s (t_min(s) + delay_s)``."""
+    return min(net.layers[p.source].t_min + p.delay for p in layer.projections)
 
 
 def load(path: str | Path) -> TTFSNetwork:
@@ -257,29 +257,52 @@ def _read(path: Path, handle) -> TTFSNetwork:
             if header.get("format") != FORMAT_NAME:
                 raise NetworkFileError(f"{path} is not a ttfs_brian network file (format {header.get('format')!r})")
             version = header.get("version")
-            if version != FORMAT_VERSION:
+            if version not in READABLE_VERSIONS:
                 raise NetworkFileError(
-                    f"{path} has network format version {version}; this ttfs_brian reads version "
-                    f"{FORMAT_VERSION}. Convert the model again with this version."
-                )
-            layers: dict[str, Layer] = {}
-            for entry in header["layers"]:
-                name = entry["name"]
-                layers[name] = Layer(
-                    name=name,
-                    kind=entry["kind"],
-                    inputs=tuple(entry["inputs"]),
-                    shape=tuple(entry["shape"]),
-                    t_min=float(entry["t_min"]),
-                    t_max=float(entry["t_max"]),
-                    aliases=tuple(entry["aliases"]),
-                    attrs=entry["attrs"],
-                    arrays={key: archive[f"{name}/{key}"] for key in entry["arrays"]},
-                )
+                    f"{path} has network format version {version}; this ttfs_brian reads versions "
+                    f"{READABLE_VERSIONS}. Convert the model again with this version (ttfs-brian convert).")
+            read_layer = _layer_v1 if version == 1 else _layer_v2
+            layers = {entry["name"]: read_layer(entry, archive) for entry in header["layers"]}
             return TTFSNetwork(variant=header["variant"], tau_c=float(header["tau_c"]), layers=layers,
-                               output=header["output"], dt=header["dt"], meta=header["meta"])
+                               output=header["output"], dt=header["dt"], meta=header["meta"],
+                               composites=header.get("composites", {}))
     except NetworkFileError:
         raise
     except (zipfile.BadZipFile, zlib.error, OSError, ValueError, KeyError, EOFError, TypeError, AttributeError) as exc:
         raise NetworkFileError(f"{path} is corrupt or not a ttfs_brian network file ({type(exc).__name__}: {exc}); "
                                "convert the model again") from None
+
+
+def _layer_v2(entry: dict[str, Any], archive) -> Layer:
+    name = entry["name"]
+    projections = tuple(
+        Projection(p["source"], p["kind"], archive[f"{name}/projection_{k}"] if p["weight"] else None, p["attrs"],
+                   float(p["delay"]))
+        for k, p in enumerate(entry["projections"]))
+    return Layer(name, entry["kind"], tuple(entry["shape"]), float(entry["t_min"]), float(entry["t_max"]),
+                 projections, tuple(entry["aliases"]), entry["attrs"],
+                 {key: archive[f"{name}/{key}"] for key in entry["arrays"]})
+
+
+def _layer_v1(entry: dict[str, Any], archive) -> Layer:
+    """A version-1 layer (a chain: kinds linear/conv/maxpool, the weight among the arrays) as a population."""
+    name = entry["name"]
+    arrays = {key: archive[f"{name}/{key}"] for key in entry["arrays"]}
+    attrs = dict(entry["attrs"])
+    kind = entry["kind"]
+    reference = attrs.get("reference", {})
+    if "from_input" in reference:
+        attrs["reference"] = {"derived": reference["from_input"],
+                              **{k: v for k, v in reference.items() if k != "from_input"}}
+    projections: tuple[Projection, ...] = ()
+    if kind in ("linear", "conv"):
+        attrs.pop("avgpool", None)
+        conv = {key: attrs.pop(key) for key in ("stride", "padding", "dilation", "groups") if key in attrs}
+        projections = (Projection(entry["inputs"][0], "dense" if kind == "linear" else "conv", arrays.pop("weight"),
+                                  conv),)
+        kind = "output" if attrs.pop("output", False) else "neuron"
+    elif kind == "maxpool":
+        pool = {key: attrs.pop(key) for key in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
+        projections = (Projection(entry["inputs"][0], "pool", None, pool),)
+    return Layer(name, kind, tuple(entry["shape"]), float(entry["t_min"]), float(entry["t_max"]), projections,
+                 tuple(entry["aliases"]), attrs, arrays)

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import evaluate
 from .capture import record_activations
-from .graph import signed_max_pool
 from .errors import InputError, ModelMismatchError
 from .network import TTFSNetwork
 from .result import FLAG_REASONS, SimulationResult
@@ -111,21 +111,23 @@ def reference_values(net: TTFSNetwork, model: nn.Module, x: np.ndarray) -> tuple
             continue
         if "node" in spec:
             value = recorded[spec["node"]]
-            if value.numel() != x.shape[0] * layer.size:
+            if "channels" in spec:
+                value = value[:, spec["channels"][0]:spec["channels"][1]]
+            if value[0].numel() != layer.size:
                 raise ModelMismatchError(f"the model's '{spec['node']}' has shape {tuple(value.shape[1:])}, the "
                                          f"network's layer {layer.name!r} {layer.shape}; pass the model the network "
                                          "was converted from")
             value = value.reshape(-1, *layer.shape)
             refs[layer.name] = value.clamp(min=0) if spec["relu"] else value
             continue
-        pred = refs[layer.inputs[0]]
-        if spec["from_input"] == "maxpool":
-            attrs = {k: tuple(v) if isinstance(v, list) else v for k, v in layer.attrs.items()
-                     if k in ("kernel_size", "stride", "padding", "dilation", "ceil_mode")}
-            refs[layer.name] = signed_max_pool(pred, layer.arrays["sign"], attrs)
+        proj = layer.projections[0]
+        source = refs[proj.source]
+        if spec["derived"] == "maxpool":
+            refs[layer.name] = evaluate.pool(proj, source, layer.arrays["sign"])
         else:
-            refs[layer.name] = F.avg_pool2d(pred, kernel_size=tuple(spec["kernel_size"]), stride=tuple(spec["stride"]),
-                                            padding=tuple(spec["padding"]), divisor_override=spec["divisor_override"])
+            refs[layer.name] = F.avg_pool2d(source, kernel_size=tuple(spec["kernel_size"]),
+                                            stride=tuple(spec["stride"]), padding=tuple(spec["padding"]),
+                                            divisor_override=spec["divisor_override"])
     return logits.reshape(x.shape[0], -1).numpy(), {k: v.numpy() for k, v in refs.items()}
 
 

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .coding import decode
 from .grid_bound import GridBound
 from .network import TTFSNetwork
 
@@ -97,10 +98,22 @@ class SimulationResult:
         activation of the original model.
         """
         layer = net.layer_for(key)
-        decoded = np.nan_to_num((layer.t_max - self.spike_times[key]) / net.tau_c, nan=0.0)
+        decoded = decode(net, layer, self.spike_times[key])
         if original_units and "scale" in layer.arrays:
             decoded = decoded / layer.arrays["scale"]
         return decoded
+
+
+def named_results(net: TTFSNetwork, by_layer: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-layer arrays ``(N, *shape)`` under every layer name and alias, plus the values that span several
+    layers (a ReLU of a concatenation: ``net.composites``), concatenated along channels."""
+    named: dict[str, np.ndarray] = {}
+    for name, array in by_layer.items():
+        for key in net.names(net.layers[name]):
+            named.setdefault(key, array)
+    for alias, parts in net.composites.items():
+        named[alias] = np.concatenate([by_layer[part] for part in parts], axis=1)
+    return named
 
 
 def layer_record(layer_name: str, kind: str, spike_times: np.ndarray, clipped: np.ndarray | None = None,

@@ -1,15 +1,12 @@
 """Input checks shared by the converter and every engine (NumPy only, so the Brian2/CUDA side needs no torch)."""
 from __future__ import annotations
 
-import logging
 import math
 
 import numpy as np
 
 from .errors import InputError
 from .network import TTFSNetwork
-
-log = logging.getLogger(__name__)
 
 
 def as_float64_array(data, what: str) -> np.ndarray:
@@ -50,20 +47,3 @@ def validate_inputs(net: TTFSNetwork, x) -> np.ndarray:
     if array.shape[0] == 0:
         raise InputError("the input batch is empty (0 samples); pass at least one sample")
     return array
-
-
-def encode_inputs(net: TTFSNetwork, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Input values ``u = (x - low) / (high - low)`` clipped to [0, 1], and the mask of clipped inputs.
-
-    Every engine encodes through this function, so every engine warns alike about inputs outside the
-    calibrated range (they are also counted in the report and flag their samples).
-    """
-    layer = net.input
-    u = (data - layer.arrays["low"]) / (layer.arrays["high"] - layer.arrays["low"])
-    clipped = (u < 0) | (u > 1)
-    if clipped.any():
-        samples = int(clipped.reshape(len(data), -1).any(axis=1).sum())
-        log.warning("%d input values in %d of %d samples lie outside the calibrated range [low, high] and were "
-                    "clipped; those samples are flagged (convert with input_range=(low, high) covering the data, "
-                    "or recalibrate)", int(clipped.sum()), samples, len(data))
-    return np.clip(u, 0.0, 1.0), clipped

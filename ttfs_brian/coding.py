@@ -1,0 +1,52 @@
+"""The spike-time code (SPEC section 2), defined once for every engine.
+
+A value ``x >= 0`` of a layer (units of ``tau_c``) is carried by one spike at ``t = t_max - x * tau_c``
+(ms). Variant ``sparse`` codes 0 by silence (NaN here); variant ``exact`` by a spike at ``t_max``.
+Inputs ``x`` of the network are first mapped affinely onto [0, 1] with the calibrated bounds.
+NumPy only.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from .network import Layer, TTFSNetwork
+
+log = logging.getLogger(__name__)
+
+
+def spike_times(net: TTFSNetwork, layer: Layer, values: np.ndarray) -> np.ndarray:
+    """Spike times (ms) of ``values``; NaN (silence) for values <= 0 in ``sparse``."""
+    times = layer.t_max - np.asarray(values, dtype=np.float64) * net.tau_c
+    if net.variant == "sparse":
+        times = np.where(np.asarray(values) > 0, times, np.nan)
+    return times
+
+
+def decode(net: TTFSNetwork, layer: Layer, times: np.ndarray) -> np.ndarray:
+    """Values ``(t_max - t) / tau_c`` of spike times; silence (NaN) is 0."""
+    return np.nan_to_num((layer.t_max - np.asarray(times, dtype=np.float64)) / net.tau_c, nan=0.0)
+
+
+def encode_inputs(net: TTFSNetwork, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Input values ``u = (x - low) / (high - low)`` clipped to [0, 1], and the mask of clipped inputs.
+
+    Every engine encodes through this function, so every engine warns alike about inputs outside the
+    calibrated range (they are also counted in the report and flag their samples).
+    """
+    layer = net.input
+    u = (data - layer.arrays["low"]) / (layer.arrays["high"] - layer.arrays["low"])
+    clipped = (u < 0) | (u > 1)
+    if clipped.any():
+        samples = int(clipped.reshape(len(data), -1).any(axis=1).sum())
+        log.warning("%d input values in %d of %d samples lie outside the calibrated range [low, high] and were "
+                    "clipped; those samples are flagged (convert with input_range=(low, high) covering the data, "
+                    "or recalibrate)", int(clipped.sum()), samples, len(data))
+    return np.clip(u, 0.0, 1.0), clipped
+
+
+def input_spike_times(net: TTFSNetwork, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Spike times of the input layer for raw inputs ``data`` (NaN = silent) and the clipped mask."""
+    u, clipped = encode_inputs(net, data)
+    return spike_times(net, net.input, u), clipped
