@@ -69,3 +69,154 @@ def random_network(draw) -> tuple[nn.Module, tuple[int, ...]]:
         features = width
     layers.append(nn.Linear(max(features, 1), draw(st.integers(2, 5))))
     return nn.Sequential(*layers), shape, features > 0
+
+
+class BasicBlock(nn.Module):
+    """ResNet v1 basic block: conv-BN-ReLU-conv-BN, plus an identity or 1x1-conv+BN shortcut, then ReLU."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResidualNet(nn.Module):
+    """A small ResNet: stem, an identity block and a projection block, global average pooling."""
+
+    def __init__(self, channels: int = 1, classes: int = 3):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, 4, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU()
+        self.layer1 = BasicBlock(4, 4, 1)
+        self.layer2 = BasicBlock(4, 6, 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(6, classes)
+
+    def forward(self, x):
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer2(self.layer1(x))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+class RecipeNet(nn.Module):
+    """A DAG described by a static recipe (traceable by torch.fx): each step is one of
+
+    ``("conv", cout, k, stride, pad, dilation, groups, order)`` with order bn_relu / relu_bn / relu,
+    ``("residual", cout, stride)`` (a basic block), ``("concat", c_a, c_b, bn_after)``,
+    ``("maxpool", k, stride, pad)``, ``("avgpool", k)``; then flatten and Linear layers.
+    """
+
+    def __init__(self, recipe: list[tuple], channels: int, size: int, hidden: list[int], classes: int):
+        super().__init__()
+        self.recipe = recipe
+        self.blocks = nn.ModuleList()
+        for step in recipe:
+            kind = step[0]
+            if kind == "conv":
+                _, cout, k, stride, pad, dil, groups, order = step
+                conv = nn.Conv2d(channels, cout, k, stride, pad, dil, groups)
+                bn = nn.BatchNorm2d(cout)
+                self.blocks.append(nn.ModuleDict({"conv": conv, "bn": bn}))
+                channels = cout
+            elif kind == "residual":
+                _, cout, stride = step
+                self.blocks.append(BasicBlock(channels, cout, stride))
+                channels = cout
+            elif kind == "concat":
+                _, c_a, c_b, _ = step
+                self.blocks.append(nn.ModuleDict({"a": nn.Conv2d(channels, c_a, 3, padding=1),
+                                                  "b": nn.Conv2d(channels, c_b, 1),
+                                                  "bn_b": nn.BatchNorm2d(c_b), "bn": nn.BatchNorm2d(c_a + c_b)}))
+                channels = c_a + c_b
+            elif kind == "maxpool":
+                _, k, stride, pad = step
+                self.blocks.append(nn.MaxPool2d(k, stride, pad))
+            else:
+                self.blocks.append(nn.AvgPool2d(step[1]))
+        with torch.no_grad():
+            features = self._features(torch.zeros(1, channels if not recipe else self._in_channels(), size, size))
+        sizes = [features.reshape(1, -1).shape[1], *hidden, classes]
+        self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+
+    def _in_channels(self) -> int:
+        first = self.blocks[0]
+        if isinstance(first, nn.ModuleDict):
+            return (first["conv"] if "conv" in first else first["a"]).in_channels
+        if isinstance(first, BasicBlock):
+            return first.conv1.in_channels
+        raise ValueError("recipes start with a conv, residual or concat step")
+
+    def _features(self, x):
+        for step, block in zip(self.recipe, self.blocks):
+            kind = step[0]
+            if kind == "conv":
+                order = step[-1]
+                y = block["conv"](x)
+                x = {"bn_relu": lambda: torch.relu(block["bn"](y)), "relu_bn": lambda: block["bn"](torch.relu(y)),
+                     "relu": lambda: torch.relu(y)}[order]()
+            elif kind == "concat":
+                x = torch.cat([torch.relu(block["a"](x)), torch.relu(block["bn_b"](block["b"](x)))], dim=1)
+                if step[-1]:
+                    x = torch.relu(block["bn"](x))
+            else:
+                x = block(x)
+        return x
+
+    def forward(self, x):
+        x = torch.flatten(self._features(x), 1)
+        for i, linear in enumerate(self.linears):
+            x = linear(x)
+            if i < len(self.linears) - 1:
+                x = torch.relu(x)
+        return x
+
+
+@st.composite
+def random_dag(draw) -> tuple[nn.Module, tuple[int, ...]]:
+    """A random conv DAG with residual blocks (identity and projection shortcuts), concatenations, pools."""
+    channels = draw(st.sampled_from([1, 2]))
+    size = draw(st.integers(6, 9))
+    recipe: list[tuple] = []
+    c = channels
+    for i in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(["conv", "residual", "concat"] + (["maxpool", "avgpool"] if i else [])))
+        if kind == "conv":
+            cout = draw(st.sampled_from([2, 4]))
+            groups = draw(st.sampled_from([g for g in (1, 2) if c % g == 0 and cout % g == 0]))
+            recipe.append(("conv", cout, draw(st.sampled_from([1, 3])), draw(st.sampled_from([1, 2])),
+                           draw(st.sampled_from([0, 1])), 1, groups,
+                           draw(st.sampled_from(["bn_relu", "relu_bn", "relu"]))))
+            c = cout
+        elif kind == "residual":
+            cout = draw(st.sampled_from([c, c + 2]))
+            recipe.append(("residual", cout, draw(st.sampled_from([1, 2]))))
+            c = cout
+        elif kind == "concat":
+            recipe.append(("concat", draw(st.sampled_from([1, 2])), draw(st.sampled_from([1, 2])), draw(st.booleans())))
+            c = recipe[-1][1] + recipe[-1][2]
+        elif kind == "maxpool":
+            recipe.append(("maxpool", 2, draw(st.sampled_from([1, 2])), 0))
+        else:
+            recipe.append(("avgpool", 2))
+    hidden = draw(st.lists(st.integers(3, 8), min_size=0, max_size=1))
+    try:
+        model = RecipeNet(recipe, channels, size, hidden, draw(st.integers(2, 4)))
+    except RuntimeError:  # the recipe shrinks the image below a kernel
+        return None, (channels, size, size), False
+    return model, (channels, size, size), True

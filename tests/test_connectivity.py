@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ttfs_brian import connectivity as cm
-from ttfs_brian.network import Layer
+from ttfs_brian.projection import Projection, pad_sum
 
 
 def apply(conn: cm.Connectivity, x: np.ndarray) -> np.ndarray:
@@ -29,7 +29,6 @@ def test_linear_matches_matmul():
     conn = cm.linear(weight)
     assert conn.n_synapses == 35
     np.testing.assert_allclose(apply(conn, x), weight @ x, rtol=0, atol=1e-12)
-    assert np.all(conn.pad_sum == 0)
     with pytest.raises(ValueError, match="expects 7 inputs"):
         cm.linear(weight, n_pre=6)
 
@@ -59,7 +58,8 @@ def test_conv_matches_torch_and_padding_sums(case):
     # Padding taps: total kernel weight of the channel minus what the image itself contributes.
     ones = F.conv2d(torch.ones(1, *x.shape, dtype=torch.float64), torch.as_tensor(weight), **attrs)[0].numpy()
     total = weight.reshape(c_out, -1).sum(axis=1)[:, None, None]
-    np.testing.assert_allclose(conn.pad_sum.reshape(expected.shape), total - ones, rtol=0, atol=1e-10)
+    proj = Projection("x", "conv", weight, attrs)
+    np.testing.assert_allclose(pad_sum(proj, x.shape, expected.shape), total - ones, rtol=0, atol=1e-10)
     # Fan-in = taps that land inside the image (a ones kernel on a ones image counts them).
     counts = F.conv2d(torch.ones(1, *x.shape, dtype=torch.float64), torch.ones(weight.shape, dtype=torch.float64),
                       **attrs)[0].numpy()
@@ -70,7 +70,8 @@ def test_conv_matches_torch_and_padding_sums(case):
 def test_interior_neurons_have_exactly_zero_padding_sum():
     weight = np.arange(1, 10, dtype=np.float64).reshape(1, 1, 3, 3)
     conn = cm.conv2d(weight, (1, 5, 5), (1, 5, 5), padding=1)
-    pad = conn.pad_sum.reshape(5, 5)
+    proj = Projection("x", "conv", weight, {"stride": 1, "padding": 1, "dilation": 1, "groups": 1})
+    pad = pad_sum(proj, (1, 5, 5), (1, 5, 5)).reshape(5, 5)
     assert np.all(pad[1:-1, 1:-1] == 0.0)
     assert pad[0, 0] == 1 + 2 + 3 + 4 + 7  # top row and left column of the kernel
     assert np.all(conn.fan_in.reshape(5, 5)[1:-1, 1:-1] == 9) and conn.fan_in[0] == 4
@@ -109,15 +110,17 @@ def test_replicate_shifts_each_copy():
     np.testing.assert_array_equal(w[6:12], conn.weight)
 
 
-def test_for_layer_dispatch_and_errors():
-    inp = Layer("input", "input", (), (2, 4, 4), 0.0, 1.0)
-    pool = Layer("p", "maxpool", ("input",), (2, 2, 2), 0.0, 1.0,
-                 attrs={"kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0], "dilation": [1, 1], "ceil_mode": False})
-    conn = cm.for_layer(pool, inp)
+def test_projection_dispatch_zero_weights_and_errors():
+    pool = Projection("input", "pool", None, {"kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0],
+                                              "dilation": [1, 1], "ceil_mode": False})
+    conn = cm.for_shapes(pool, (2, 4, 4), (2, 2, 2))
     assert conn.n_synapses == 32 and np.all(conn.fan_in == 4)
-    fc = Layer("fc", "linear", ("p",), (3,), 1.0, 2.0, arrays={"weight": np.ones((3, 8))})
-    assert cm.for_layer(fc, pool).n_synapses == 24
-    with pytest.raises(ValueError, match="no incoming synapses"):
-        cm.for_layer(inp, inp)
+    dense = Projection("p", "dense", np.ones((3, 8)))
+    assert cm.for_shapes(dense, (2, 2, 2), (3,)).n_synapses == 24
+    weight = np.ones((3, 8))
+    weight[1] = 0.0  # a synapse of weight 0 changes nothing: it is not built
+    assert cm.for_shapes(Projection("p", "dense", weight), (8,), (3,)).n_synapses == 16
+    shortcut = cm.for_shapes(Projection("p", "identity", np.full((2, 2, 2), 0.5), {"offset": 4}), (4, 2, 2), (2, 2, 2))
+    np.testing.assert_array_equal(shortcut.pre, np.arange(4, 12))  # channels 1 and 2 of the source
     with pytest.raises(ValueError, match="does not map"):
         cm.conv2d(np.ones((4, 3, 3, 3)), (2, 5, 5), (4, 3, 3), groups=1)

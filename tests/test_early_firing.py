@@ -5,17 +5,17 @@ import torch
 import ttfs_brian
 from ttfs_brian.analytic import first_crossing
 from ttfs_brian.network import Layer, TTFSNetwork
+from ttfs_brian.projection import Projection
 
 
 def spec_example_network() -> TTFSNetwork:
     """tau_c = 1, input window [0, 1]: J = (100, -150, 50.5) arriving at t = (0, 0.5, 0.9), theta = 46.07."""
     layers = {
-        "input": Layer("input", "input", (), (3,), 0.0, 1.0, arrays={"low": np.zeros(()), "high": np.ones(())}),
-        "hidden": Layer("hidden", "linear", ("input",), (1,), 1.0, 3.0, ("hidden",), {},
-                        {"weight": np.array([[100.0, -150.0, 50.5]]), "bias": np.zeros(1),
-                         "threshold": np.array([46.07]), "scale": np.ones(1)}),
-        "out": Layer("out", "linear", ("hidden",), (2,), 3.0, 3.0, (), {"output": True},
-                     {"weight": np.array([[1.0], [-1.0]]), "bias": np.zeros(2), "drive": np.zeros(2)}),
+        "input": Layer("input", "input", (3,), 0.0, 1.0, arrays={"low": np.zeros(()), "high": np.ones(())}),
+        "hidden": Layer("hidden", "neuron", (1,), 1.0, 3.0, (Projection("input", "dense", np.array([[100.0, -150.0, 50.5]])),),
+                        ("hidden",), {}, {"bias": np.zeros(1), "threshold": np.array([46.07]), "scale": np.ones(1)}),
+        "out": Layer("out", "output", (2,), 3.0, 3.0, (Projection("hidden", "dense", np.array([[1.0], [-1.0]])),), (),
+                     {}, {"bias": np.zeros(2), "drive": np.zeros(2)}),
     }
     return TTFSNetwork("exact", 1.0, layers, "out")
 
@@ -68,12 +68,12 @@ def test_cheap_bound_never_misses_an_early_spike():
     n_in, n_hidden, n = 6, 40, 300
     weight = rng.normal(0, 30, (n_hidden, n_in))
     layers = {
-        "input": Layer("input", "input", (), (n_in,), 0.0, 1.0, arrays={"low": np.zeros(()), "high": np.ones(())}),
-        "hidden": Layer("hidden", "linear", ("input",), (n_hidden,), 1.0, 2.0, ("hidden",), {},
-                        {"weight": weight, "bias": np.zeros(n_hidden), "threshold": rng.uniform(1, 40, n_hidden),
-                         "scale": np.ones(n_hidden)}),
-        "out": Layer("out", "linear", ("hidden",), (2,), 2.0, 2.0, (), {"output": True},
-                     {"weight": np.ones((2, n_hidden)), "bias": np.zeros(2), "drive": np.zeros(2)}),
+        "input": Layer("input", "input", (n_in,), 0.0, 1.0, arrays={"low": np.zeros(()), "high": np.ones(())}),
+        "hidden": Layer("hidden", "neuron", (n_hidden,), 1.0, 2.0, (Projection("input", "dense", weight),), ("hidden",),
+                        {}, {"bias": np.zeros(n_hidden), "threshold": rng.uniform(1, 40, n_hidden),
+                             "scale": np.ones(n_hidden)}),
+        "out": Layer("out", "output", (2,), 2.0, 2.0, (Projection("hidden", "dense", np.ones((2, n_hidden))),), (),
+                     {}, {"bias": np.zeros(2), "drive": np.zeros(2)}),
     }
     net = TTFSNetwork("exact", 1.0, layers, "out")
     x = rng.random((n, n_in))

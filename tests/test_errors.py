@@ -34,9 +34,12 @@ class Residual(nn.Module):
         return self.out(torch.relu(self.fc(x)) + x)
 
 
-def test_branching_is_rejected_clearly():
-    with pytest.raises(UnsupportedModuleError, match="branching"):
-        ttfs_brian.convert(Residual().eval(), X)
+def test_addition_without_relu_composes_into_the_next_layer():
+    """``out(relu(fc(x)) + x)``: the sum has no spiking population; the output gets two projections."""
+    model = Residual().eval()
+    net = ttfs_brian.convert(model, X)
+    assert len(net.output_layer.projections) == 2
+    assert ttfs_brian.verify(net, model, X).failures() == []
 
 
 class Functional(nn.Module):

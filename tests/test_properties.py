@@ -1,16 +1,17 @@
-"""Property-based checks of the whole conversion on random architectures, weights and input ranges."""
+"""Property-based checks of the whole conversion on random architectures (chains and DAGs with residual
+additions, identity and 1x1-conv shortcuts, concatenations), weights and input ranges."""
 import numpy as np
 import torch
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import ttfs_brian
-from helpers import random_network, randomize_batchnorm
+from helpers import random_dag, random_network, randomize_batchnorm
 
 TOL = 1e-9
 
 
-def _check(model_shape, seed, low, span, variant):
+def _check(model_shape, seed, low, span, variant, **options):
     model, shape, valid = model_shape
     assume(valid)
     rng = np.random.default_rng(seed)
@@ -24,7 +25,7 @@ def _check(model_shape, seed, low, span, variant):
         model(torch.as_tensor(x))
     except RuntimeError:
         assume(False)
-    net = ttfs_brian.convert(model, x, variant=variant)
+    net = ttfs_brian.convert(model, x, variant=variant, **options)
     res = ttfs_brian.simulate(net, x)
     check = ttfs_brian.verify(net, model, x, res)
     if variant == "sparse":
@@ -34,7 +35,7 @@ def _check(model_shape, seed, low, span, variant):
     assert check.logit_max_rel_err_unflagged <= TOL, check
     # ties between the two largest reference logits could flip argmax on rounding alone
     assert check.agreement_unflagged == 1.0 or _has_near_tie(model, x[ok])
-    # every ReLU and MaxPool2d of the model has spike times
+    # every ReLU and MaxPool2d module of the model has spike times (a module called twice: under name_1 too)
     names = {n for n, m in model.named_modules() if isinstance(m, (torch.nn.ReLU, torch.nn.MaxPool2d))}
     assert names <= set(res.spike_times), names - set(res.spike_times)
     return res
@@ -52,17 +53,30 @@ settings.register_profile("ci", max_examples=25, deadline=None, suppress_health_
 settings.load_profile("ci")
 
 
-@given(random_network(), st.integers(0, 2**31), st.floats(-2, 1), st.floats(0.5, 3))
+MODELS = st.one_of(random_network(), random_dag())
+
+
+@given(MODELS, st.integers(0, 2**31), st.floats(-2, 1), st.floats(0.5, 3))
 def test_sparse_matches_relu_network(model_shape, seed, low, span):
     _check(model_shape, seed, low, span, "sparse")
 
 
-@given(random_network(), st.integers(0, 2**31), st.floats(-2, 1), st.floats(0.5, 3))
+@given(MODELS, st.integers(0, 2**31), st.floats(-2, 1), st.floats(0.5, 3))
 def test_exact_matches_relu_network_or_flags(model_shape, seed, low, span):
     _check(model_shape, seed, low, span, "exact")
 
 
-@given(random_network(), st.integers(0, 2**31), st.floats(0.0, 0.4))
+@given(random_dag(), st.integers(0, 2**31))
+def test_dags_in_both_variants_with_delays(model_shape, seed):
+    """Residual and concatenating layers get synaptic delays (SPEC section 7), plus a uniform axonal delay."""
+    for variant in ("exact", "sparse"):
+        model, shape, valid = model_shape
+        assume(valid)
+        res = _check(model_shape, seed, 0.0, 1.0, variant, delay_ms=0.25)
+        assert res is not None
+
+
+@given(MODELS, st.integers(0, 2**31), st.floats(0.0, 0.4))
 def test_explicit_input_range_and_dt_alignment(model_shape, seed, margin):
     model, shape, valid = model_shape
     assume(valid)

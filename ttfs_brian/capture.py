@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import operator
 import warnings
+from dataclasses import replace
 from typing import Any, Callable
 
 import numpy as np
@@ -105,6 +106,8 @@ def capture(model: nn.Module, example: torch.Tensor) -> Graph:
                 raise UnsupportedModuleError(f"{_where(node, gm)} changes the batch dimension; operations must act "
                                              "on each sample separately")
             op = _convert_node(node, gm, [value_of[n] for n in inputs], names[node], shape)
+            if op is not None:
+                op = replace(op, where=_where(node, gm))
             if op is None:  # a pass-through (dropout, identity): the value is its input's
                 value_of[node] = value_of[inputs[0]]
             else:

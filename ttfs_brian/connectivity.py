@@ -67,14 +67,22 @@ def linear(weight: np.ndarray, n_pre: int | None = None) -> Connectivity:
     if n_pre is not None and n_pre != n_in:
         raise ValueError(f"linear weight expects {n_in} inputs but the input layer has {n_pre} neurons")
     post, pre = np.divmod(np.arange(n_out * n_in, dtype=np.int64), n_in)
-    return Connectivity(pre, post, weight.reshape(-1).copy(), n_in, n_out)
+    return _nonzero(Connectivity(pre, post, weight.reshape(-1).copy(), n_in, n_out))
 
 
-def identity(weight: np.ndarray) -> Connectivity:
-    """One synapse ``i -> i`` of weight ``weight[i]`` per neuron (a shortcut)."""
+def identity(weight: np.ndarray, n_pre: int, offset: int = 0) -> Connectivity:
+    """One synapse ``offset + i -> i`` of weight ``weight[i]`` per target neuron (a shortcut)."""
     weight = np.asarray(weight, dtype=np.float64).reshape(-1)
-    index = np.arange(weight.size, dtype=np.int64)
-    return Connectivity(index, index.copy(), weight.copy(), weight.size, weight.size)
+    post = np.arange(weight.size, dtype=np.int64)
+    return _nonzero(Connectivity(post + offset, post, weight.copy(), n_pre, weight.size))
+
+
+def _nonzero(conn: Connectivity) -> Connectivity:
+    """Without its synapses of weight exactly 0 (they change nothing in either variant)."""
+    keep = conn.weight != 0
+    if keep.all():
+        return conn
+    return Connectivity(conn.pre[keep], conn.post[keep], conn.weight[keep], conn.n_pre, conn.n_post)
 
 
 def conv2d(weight: np.ndarray, in_shape: tuple[int, ...], out_shape: tuple[int, ...], *,
@@ -102,7 +110,7 @@ def conv2d(weight: np.ndarray, in_shape: tuple[int, ...], out_shape: tuple[int, 
     pre = pre_full[valid_full].astype(np.int64)
     post = post_full[valid_full].astype(np.int64)
     w = w_full[valid_full].copy()
-    return Connectivity(pre, post, w, c_in * h_in * w_in, c_out * h_out * w_out)
+    return _nonzero(Connectivity(pre, post, w, c_in * h_in * w_in, c_out * h_out * w_out))
 
 
 def maxpool2d(in_shape: tuple[int, ...], out_shape: tuple[int, ...], *, kernel_size: Any, stride: Any = None,
@@ -137,7 +145,7 @@ def for_shapes(proj: Projection, in_shape: tuple[int, ...], out_shape: tuple[int
     if proj.kind == "dense":
         return linear(proj.weight, int(np.prod(in_shape)))
     if proj.kind == "identity":
-        return identity(proj.weight)
+        return identity(proj.weight, int(np.prod(in_shape)), int(proj.attrs.get("offset", 0)))
     if len(in_shape) != 3:
         raise ValueError(f"a {proj.kind} projection needs a (C, H, W) source, got {in_shape}")
     if proj.kind == "conv":

@@ -27,7 +27,8 @@ def apply(proj: Projection, x: torch.Tensor, target_shape: tuple[int, ...],
     if proj.kind == "conv":
         return F.conv2d(x, w, **proj.conv_attrs())
     if proj.kind == "identity":
-        return x * w
+        start = int(proj.attrs.get("offset", 0))
+        return x.reshape(n, -1)[:, start:start + w.numel()].reshape(n, *target_shape) * w
     raise ValueError(f"a {proj.kind} projection has no weighted sum")
 
 
@@ -58,7 +59,9 @@ def fan_in(proj: Projection, x: torch.Tensor, target_shape: tuple[int, ...], ind
         flat = torch.as_tensor(np.ravel_multi_index([t.numpy() for t in neuron], target_shape))
         return x.reshape(x.shape[0], -1)[sample], w[flat]
     if proj.kind == "identity":
-        return x[index].reshape(k, 1), w[neuron].reshape(k, 1)
+        flat = torch.as_tensor(np.ravel_multi_index([t.numpy() for t in neuron], target_shape))
+        start = int(proj.attrs.get("offset", 0))
+        return x.reshape(x.shape[0], -1)[sample, start + flat].reshape(k, 1), w.reshape(-1)[flat].reshape(k, 1)
     if proj.kind != "conv":
         raise ValueError(f"a {proj.kind} projection has no weighted inputs")
     channel, row, col = neuron

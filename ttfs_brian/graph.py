@@ -37,7 +37,8 @@ class Op:
 
     ``aliases`` are the names the user knows the op by (qualified module name or torch.fx node
     name); ``source`` is the torch.fx node whose output this op's output equals in the original
-    model (used to fetch reference activations).
+    model (used to fetch reference activations); ``where`` says where the model computes it (the
+    module path, for error messages).
     """
 
     name: str
@@ -48,6 +49,11 @@ class Op:
     attrs: dict[str, Any] = field(default_factory=dict)
     aliases: tuple[str, ...] = ()
     source: str | None = None
+    where: str = ""
+
+    def describe(self) -> str:
+        """The op as the user knows it: its module path and type, or the function and its module."""
+        return self.where or f"'{self.name}'"
 
     def with_params(self, **params: np.ndarray) -> "Op":
         return replace(self, params={**self.params, **params})

@@ -30,6 +30,7 @@ import numpy as np
 
 from .connectivity import Connectivity
 from .network import TTFSNetwork
+from .neuron import integrator
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,10 @@ class GridBound:
     logits: np.ndarray
 
 
-def grid_error_bound(net: TTFSNetwork, dt: float, connections: dict[str, Connectivity]) -> GridBound:
+def grid_error_bound(net: TTFSNetwork, dt: float, connections: dict[tuple[str, int], Connectivity]) -> GridBound:
     """The bounds of the module docstring for ``net`` simulated with grid timing at step ``dt`` (ms).
 
-    ``connections[name]`` is the connectivity into layer ``name`` (every layer but the input).
+    ``connections[(layer, k)]`` is the connectivity of the ``k``-th projection into ``layer``.
     """
     bound: dict[str, np.ndarray] = {}
     logits = None
@@ -51,21 +52,22 @@ def grid_error_bound(net: TTFSNetwork, dt: float, connections: dict[str, Connect
         if layer.kind == "input":
             bound[layer.name] = np.full(layer.size, float(dt))
             continue
-        conn = connections[layer.name]
-        incoming = bound[net.predecessor(layer).name][conn.pre]
+        conns = [(connections[(layer.name, k)], bound[p.source]) for k, p in enumerate(layer.projections)]
         if layer.kind == "maxpool":
             worst = np.zeros(layer.size)
-            np.maximum.at(worst, conn.post, incoming)
+            for conn, incoming in conns:
+                np.maximum.at(worst, conn.post, incoming[conn.pre])
             bound[layer.name] = worst
             continue
-        spread = np.bincount(conn.post, weights=np.abs(conn.weight) * incoming, minlength=layer.size)
+        spread = sum(np.bincount(c.post, weights=np.abs(c.weight) * incoming[c.pre], minlength=layer.size)
+                     for c, incoming in conns)
         if layer.is_output:
             logits = spread / net.tau_c
             continue
+        params = integrator(net, layer)
+        slope = params.beta.copy()
         if net.variant == "exact":
-            slope = 1.0 + np.bincount(conn.post, weights=conn.weight, minlength=layer.size) + conn.pad_sum
-        else:
-            slope = np.ones(layer.size)
+            slope += params.alpha + sum(np.bincount(c.post, weights=c.weight, minlength=layer.size) for c, _ in conns)
         bound[layer.name] = dt + spread / slope
     assert logits is not None
     return GridBound(bound, logits)

@@ -111,8 +111,8 @@ class _Lowering:
     def _activate(self, part: Part, name: str, aliases: tuple[str, ...], reference: dict) -> str:
         """A population ``relu(part)``."""
         if any(isinstance(t, PendingMean) for t in part.terms):
-            raise ConversionError(f"'{part.origin.name}' (adaptive average pooling) must be followed by Flatten and "
-                                  "Linear, which absorb it; here a ReLU follows")
+            raise ConversionError(f"{part.origin.describe()} (adaptive average pooling to a size that does not "
+                                  "divide the input) must be followed by Flatten and Linear, which absorb it")
         return self._population(name, "neuron", part.shape, list(part.terms), aliases, reference,
                                 {"bias": part.bias.copy()})
 
@@ -144,10 +144,7 @@ class _Lowering:
             name = base if len(value) == 1 else f"{base}.part{k}"
             population = self._activate(part, name, op.aliases if len(value) == 1 else (), reference)
             parts.append(self._identity(population, part.shape, op))
-        if len(value) > 1:
-            self.composites[base] = [p.terms[0].source for p in parts]
-            for alias in op.aliases[1:]:
-                self.composites[alias] = self.composites[base]
+        self._compose(op, value, parts)
         return parts
 
     def _maxpool(self, op: Op, value: list[Part]) -> list[Part]:
@@ -167,14 +164,21 @@ class _Lowering:
             expand = (slice(None), None, None)
             parts.append(Part(shape, [Projection(pooled, "identity", np.broadcast_to(weight[expand], shape).copy())],
                               np.broadcast_to(shift[expand], shape).copy(), op))
+        self._compose(op, value, parts)
         return parts
+
+    def _compose(self, op: Op, value: list[Part], parts: list[Part]) -> None:
+        """Aliases of an op whose output spans several populations (one per part of a concatenation)."""
+        if len(value) > 1:
+            for alias in op.aliases or (op.name,):
+                self.composites[alias] = [p.terms[0].source for p in parts]
 
     def _pre_activation_pool(self, op: Op, part: Part) -> str:
         """``relu(maxpool(y)) == maxpool(relu(y))``: the population ``relu(y)``, when a ReLU alone follows."""
         users = self.users[op.name]
         if not (len(users) == 1 and users[0].kind == "relu"):
             raise ConversionError(
-                f"MaxPool2d '{op.name}' takes the maximum of '{part.origin.name}', whose values can be negative, and "
+                f"{op.describe()} takes the maximum of {part.origin.describe()}, whose values can be negative, and "
                 "no ReLU follows it; put a ReLU before the pool")
         origin = part.origin
         name = origin.aliases[0] if origin.aliases else origin.name
@@ -186,8 +190,8 @@ class _Lowering:
         for part, _ in _slices(value):
             source, weight, shift = _per_channel_population(part)
             if source is None:
-                raise ConversionError(f"adaptive average pooling '{op.name}' must follow a ReLU or pool (it averages "
-                                      f"'{part.origin.name}', a Linear/Conv output)")
+                raise ConversionError(f"{op.describe()} must follow a ReLU or pool (it averages "
+                                      f"{part.origin.describe()}, a Linear/Conv output)")
             in_hw = part.shape[1:]
             basis = torch.eye(in_hw[0] * in_hw[1], dtype=torch.float64).reshape(-1, 1, *in_hw)
             matrix = F.adaptive_avg_pool2d(basis, size).reshape(in_hw[0] * in_hw[1], -1).T.numpy()
@@ -200,8 +204,8 @@ class _Lowering:
         out = []
         for part in value:
             if part.weighted():
-                raise ConversionError(f"'{op.name}' flattens '{part.origin.name}', a Linear/Conv output with no ReLU "
-                                      "yet; apply the ReLU before flattening")
+                raise ConversionError(f"{op.describe()} flattens {part.origin.describe()}, a Linear/Conv output with "
+                                      "no ReLU yet; apply the ReLU before flattening")
             terms = [replace(t, weight=t.weight.reshape(-1)) if isinstance(t, Projection) else t for t in part.terms]
             out.append(Part((int(np.prod(part.shape)),), terms, part.bias.reshape(-1), part.origin))
         return out
@@ -224,18 +228,17 @@ class _Lowering:
 
     def _conv(self, op: Op, value: list[Part]) -> list[Part]:
         weight, attrs = op.params["weight"], conv_attrs(op.attrs)
-        if len(value) > 1 and attrs["groups"] != 1:
-            raise ConversionError(f"Conv2d '{op.name}' with groups={attrs['groups']} reads a concatenation; only "
-                                  "groups=1 is supported there")
+        if len(value) > 1 and attrs["groups"] != 1:  # as one group with zero weights between groups
+            weight, attrs = _ungrouped(weight, attrs["groups"]), {**attrs, "groups": 1}
         terms = []
         for part, sl in _slices(value):
             self._check_not_weighted(op, part)
             columns = weight[:, sl] if len(value) > 1 else weight
             for term in part.terms:
                 if isinstance(term, PendingMean):
-                    raise ConversionError(f"Conv2d '{op.name}' follows adaptive average pooling "
-                                          f"'{part.origin.name}'; only a Linear can absorb it")
-                scale = channel_values(term.weight, f"the per-position factor before Conv2d '{op.name}'")
+                    raise ConversionError(f"{op.describe()} follows {part.origin.describe()} (adaptive average "
+                                          "pooling that is not a plain average pool); only a Linear can absorb it")
+                scale = channel_values(term.weight, f"the per-position factor before {op.describe()}")
                 factor = input_channel_factor(scale, columns.shape, attrs["groups"])
                 terms.append(Projection(term.source, "conv", columns * factor, dict(attrs)))
         bias_image = torch.as_tensor(np.concatenate([p.bias for p in value]))[None]
@@ -245,16 +248,16 @@ class _Lowering:
     def _check_not_weighted(self, op: Op, part: Part) -> None:
         if part.weighted():
             raise ConversionError(
-                f"'{op.name}' applies a linear map to '{part.origin.name}', itself the output of a Linear/Conv with "
-                "no ReLU in between; insert a ReLU or merge the two layers")
+                f"{op.describe()} applies a linear map to {part.origin.describe()}, itself the output of a Linear/Conv "
+                "with no ReLU in between; insert a ReLU or merge the two layers")
 
     def _add(self, op: Op, *values: list[Part]) -> list[Part]:
-        bounds = {tuple(p.shape for p in value) for value in values}
-        if len(bounds) != 1:
-            raise ConversionError(f"addition '{op.name}' of concatenations split differently into channels; "
-                                  "add tensors before concatenating them")
+        """Sum term by term; operands split into channels differently (a concatenation added to a single tensor)
+        are first cut at every boundary of either."""
+        cuts = sorted({c for value in values for _, sl in _slices(value) for c in (sl.start, sl.stop)})
+        aligned = [_cut(value, cuts, op) for value in values]
         return [Part(parts[0].shape, [t for p in parts for t in p.terms], sum(p.bias for p in parts), op)
-                for parts in zip(*values)]
+                for parts in zip(*aligned)]
 
     def _cat(self, op: Op, *values: list[Part]) -> list[Part]:
         return [part for value in values for part in value]
@@ -263,11 +266,11 @@ class _Lowering:
         value = self.values[op.name]
         if len(value) != 1 or not value[0].weighted() and value[0].plain_population() is not None:
             raise ConversionError(
-                f"the model's output comes from '{op.name}' ({op.kind}); the converter needs the logits of a "
+                f"the model's output comes from {op.describe()} ({op.kind}); the converter needs the logits of a "
                 "final Linear/Conv (remove a trailing ReLU or pool)")
         part = value[0]
         if any(isinstance(t, PendingMean) for t in part.terms):
-            raise ConversionError(f"the model ends with adaptive average pooling '{op.name}'; end with a Linear")
+            raise ConversionError(f"the model ends with adaptive average pooling {op.describe()}; end with a Linear")
         name = op.aliases[0] if op.aliases else op.name
         self._population(name, "output", part.shape, list(part.terms), op.aliases, None, {"bias": part.bias.copy()})
 
@@ -282,18 +285,56 @@ def _slices(value: list[Part], flat: bool = False) -> list[tuple[Part, slice]]:
     return out
 
 
+def _cut(value: list[Part], cuts: list[int], op: Op) -> list[Part]:
+    """``value`` with its parts cut at the channel (or feature) indices ``cuts``."""
+    out = []
+    for part, sl in _slices(value):
+        inner = [c for c in cuts if sl.start < c < sl.stop]
+        for lo, hi in zip([sl.start, *inner], [*inner, sl.stop]):
+            out.append(part if (lo, hi) == (sl.start, sl.stop) else _channels(part, lo - sl.start, hi - sl.start, op))
+    return out
+
+
+def _channels(part: Part, lo: int, hi: int, op: Op) -> Part:
+    """Channels ``lo:hi`` of a part (features, for a flat one): each term restricted to them."""
+    per = int(np.prod(part.shape[1:]))
+    terms: list[Term] = []
+    for term in part.terms:
+        if isinstance(term, PendingMean):
+            raise ConversionError(f"{op.describe()} splits the channels of {part.origin.describe()} (adaptive "
+                                  "average pooling); only a Linear can absorb it")
+        if term.kind == "identity":
+            offset = int(term.attrs.get("offset", 0)) + lo * per
+            terms.append(replace(term, weight=term.weight[lo:hi].copy(), attrs={**term.attrs, "offset": offset}))
+        elif term.kind == "conv":
+            terms.append(term.with_weight(term.weight[lo:hi]))
+        else:
+            terms.append(term.with_weight(term.weight[lo * per:hi * per]))
+    return Part((hi - lo, *part.shape[1:]), terms, part.bias[lo:hi].copy(), part.origin)
+
+
+def _ungrouped(weight: np.ndarray, groups: int) -> np.ndarray:
+    """A grouped convolution's weight as that of an ordinary one, zero between groups."""
+    c_out, c_in_group = weight.shape[:2]
+    full = np.zeros((c_out, c_in_group * groups, *weight.shape[2:]))
+    per_group = c_out // groups
+    for g in range(groups):
+        full[g * per_group:(g + 1) * per_group, g * c_in_group:(g + 1) * c_in_group] = weight[g * per_group:(g + 1) * per_group]
+    return full
+
+
 def _affine_part(part: Part, scale: np.ndarray, shift: np.ndarray, op: Op) -> Part:
     terms: list[Term] = []
     for term in part.terms:
         if isinstance(term, PendingMean):
-            per_channel = channel_values(scale, f"the BatchNorm/affine '{op.name}' after adaptive average pooling")
+            per_channel = channel_values(scale, f"{op.describe()} after adaptive average pooling")
             terms.append(replace(term, weight=term.weight * per_channel))
         elif term.kind == "identity":
             terms.append(term.with_weight(term.weight * scale))
         elif term.kind == "dense":
             terms.append(term.with_weight(scale.reshape(-1, 1) * term.weight))
         else:
-            per_channel = channel_values(scale, f"the BatchNorm/affine '{op.name}' after a convolution")
+            per_channel = channel_values(scale, f"{op.describe()} after a convolution")
             terms.append(term.with_weight(per_channel[:, None, None, None] * term.weight))
     return Part(part.shape, terms, scale * part.bias + shift, op)
 

@@ -85,7 +85,7 @@ def _fold_once(graph: Graph) -> Graph:
         source, (user,) = by_name[op.inputs[0]], users[op.name]
         scale, shift = op.params["scale"], op.params["shift"]
         if source.kind in ("linear", "conv") and len(users[source.name]) == 1:
-            folded = replace(_fold_rows(source, scale, shift, op.name), name=op.name, aliases=source.aliases + op.aliases,
+            folded = replace(_fold_rows(source, scale, shift, op.describe()), name=op.name, aliases=source.aliases + op.aliases,
                              source=op.source)
             return _replace(graph, {source.name: None, op.name: folded})
         if source.kind == "affine" and len(users[source.name]) == 1:
@@ -115,10 +115,10 @@ def _swap(affine: Op, user: Op) -> tuple[Op, Op]:
     if user.kind == "flatten":
         new_scale, new_shift = scale.reshape(user.shape), shift.reshape(user.shape)
     else:
-        scale_c = pj.channel_values(scale, f"the affine map before '{user.name}'")
+        scale_c = pj.channel_values(scale, f"the affine map before {user.describe()}")
         new_scale = np.broadcast_to(scale_c[:, None, None], user.shape).copy()
         if user.kind == "maxpool":
-            shift_c = pj.channel_values(shift, f"the shift before MaxPool2d '{user.name}'")
+            shift_c = pj.channel_values(shift, f"the shift before {user.describe()}")
             moved = moved.with_params(sign=np.where(scale_c < 0, -1.0, 1.0) * user.params["sign"])
             new_shift = np.broadcast_to(shift_c[:, None, None], user.shape).copy()
         else:  # average pools are linear: the shift map is averaged too
@@ -133,7 +133,7 @@ def _fold_rows(core: Op, scale: np.ndarray, shift: np.ndarray, what: str) -> Op:
     weight, bias = core.params["weight"], core.params["bias"]
     if core.kind == "linear":
         return core.with_params(weight=scale.reshape(-1, 1) * weight, bias=scale * bias + shift)
-    scale_c = pj.channel_values(scale, f"the BatchNorm/affine '{what}' after Conv2d '{core.name}'")
+    scale_c = pj.channel_values(scale, f"{what} after {core.describe()}")
     return core.with_params(weight=scale_c[:, None, None, None] * weight, bias=scale * bias + shift)
 
 
@@ -143,7 +143,7 @@ def _fold_columns(core: Op, in_shape: tuple[int, ...], scale: np.ndarray, shift:
     if core.kind == "linear":
         return core.with_params(weight=weight * scale.reshape(1, -1), bias=bias + weight @ shift.reshape(-1))
     attrs = conv_attrs(core.attrs)
-    scale_c = pj.channel_values(scale.reshape(in_shape), f"the affine map before Conv2d '{core.name}'")
+    scale_c = pj.channel_values(scale.reshape(in_shape), f"the affine map before {core.describe()}")
     bias_map = F.conv2d(torch.as_tensor(shift.reshape(in_shape))[None], torch.as_tensor(weight), **attrs)[0].numpy()
     return core.with_params(weight=weight * pj.input_channel_factor(scale_c, weight.shape, attrs["groups"]),
                             bias=bias + bias_map)

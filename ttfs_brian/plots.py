@@ -10,6 +10,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from .network import TTFSNetwork  # noqa: E402
+from .neuron import integrator  # noqa: E402
 from .result import SimulationResult  # noqa: E402
 
 
@@ -84,19 +85,23 @@ def spike_time_histogram(net: TTFSNetwork, result: SimulationResult, path: str |
 
 def exact_potential(net: TTFSNetwork, result: SimulationResult, key: str, sample: int, neurons: np.ndarray,
                     times: np.ndarray) -> np.ndarray:
-    """Membrane potential ``V(t)`` of ``exact`` neurons of a Linear layer, from the input spike times.
+    """Membrane potential ``V(t)`` of ``exact`` neurons of a layer with dense projections, from the input spikes.
 
-    ``V(t) = ((t - t_min(p)) + sum_j J_ij (t - max(t_j, t_min(p)))^+) / tau_c`` for ``t >= t_min(p)``
-    (SPEC section 3), evaluated in closed form at ``times`` (ms); shape ``(len(neurons), len(times))``.
+    ``V(t) = (alpha (t - t_on)^+ + sum_j J_ij (t - max(a_j, t_on))^+ + beta (t - t_min)^+) / tau_c`` with the
+    arrivals ``a_j`` (spike time plus delay; :mod:`ttfs_brian.neuron`), evaluated in closed form at ``times``
+    (ms); shape ``(len(neurons), len(times))``.
     """
     layer = net.layer_for(key)
-    if net.variant != "exact" or layer.kind != "linear" or layer.is_output:
-        raise ValueError("exact_potential draws hidden Linear layers of the exact variant")
-    pred = net.predecessor(layer)
-    arrivals = np.maximum(result.spike_times[pred.name][sample].reshape(-1), pred.t_min)
-    weight = layer.arrays["weight"][neurons]
-    ramps = np.clip(times[None, :] - arrivals[:, None], 0, None)
-    return ((times - pred.t_min)[None, :].clip(0) + weight @ ramps) / net.tau_c
+    if net.variant != "exact" or layer.kind != "neuron" or any(p.kind != "dense" for p in layer.projections):
+        raise ValueError("exact_potential draws hidden layers with dense projections of the exact variant")
+    params = integrator(net, layer)
+    potential = params.alpha[neurons, None] * (times - params.t_on)[None, :].clip(0)
+    potential += params.beta[neurons, None] * (times - params.t_late)[None, :].clip(0)
+    for proj in layer.projections:
+        arrivals = np.maximum(result.spike_times[proj.source][sample].reshape(-1) + proj.delay, params.t_on)
+        ramps = np.clip(times[None, :] - arrivals[:, None], 0, None)
+        potential += proj.weight[neurons] @ ramps
+    return potential / net.tau_c
 
 
 def potential_traces(net: TTFSNetwork, result: SimulationResult, key: str, path: str | Path, sample: int = 0,
@@ -108,11 +113,10 @@ def potential_traces(net: TTFSNetwork, result: SimulationResult, key: str, path:
     By default the four earliest-firing neurons and one forced at ``t_max`` are drawn.
     """
     layer = net.layer_for(key)
-    pred = net.predecessor(layer)
     if neurons is None:
         order = np.argsort(result.spike_times[key][sample].reshape(-1))
         neurons = np.concatenate([order[:4], order[-1:]])
-    times = np.linspace(pred.t_min, layer.t_max, 800)
+    times = np.linspace(integrator(net, layer).t_on, layer.t_max, 800)
     potential = exact_potential(net, result, key, sample, neurons, times)
     fig, ax = plt.subplots(figsize=(8, 4))
     colors = plt.cm.tab10(np.arange(len(neurons)))

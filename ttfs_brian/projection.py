@@ -6,7 +6,8 @@ neuron of its target (shape ``T``):
 ``dense``     ``y = W @ flatten(x)``; ``weight`` ``(prod(T), prod(S))``
 ``conv``      ``y = conv2d(x, W)`` with zero padding; ``weight`` ``(C_out, C_in / groups, kh, kw)``,
               ``attrs`` ``stride``, ``padding``, ``dilation``, ``groups``
-``identity``  ``y = w * x`` elementwise (a shortcut); ``weight`` of shape ``T == S``
+``identity``  ``y_i = w_i x_{offset + i}`` (a shortcut; ``offset``, default 0, selects a block of the
+              source's flat neurons, e.g. channels of a concatenation); ``weight`` of shape ``T``
 ``pool``      max (or, per channel of a target with ``sign = -1``, min) over the window; no
               weight; ``attrs`` as ``torch.nn.MaxPool2d``
 
@@ -78,7 +79,8 @@ def scale_columns(proj: Projection, factor: np.ndarray, source_shape: tuple[int,
     if proj.kind == "dense":
         return proj.with_weight(w * factor.reshape(1, -1))
     if proj.kind == "identity":
-        return proj.with_weight(w * factor)
+        start = int(proj.attrs.get("offset", 0))
+        return proj.with_weight(w * factor.reshape(-1)[start:start + w.size].reshape(w.shape))
     if proj.kind == "conv":
         per_channel = channel_values(factor, "the scale of a convolution's input")
         return proj.with_weight(w * input_channel_factor(per_channel, w.shape, int(proj.attrs["groups"])))

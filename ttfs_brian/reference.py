@@ -121,10 +121,10 @@ def reference_values(net: TTFSNetwork, model: nn.Module, x: np.ndarray) -> tuple
             refs[layer.name] = value.clamp(min=0) if spec["relu"] else value
             continue
         proj = layer.projections[0]
-        source = refs[proj.source]
         if spec["derived"] == "maxpool":
-            refs[layer.name] = evaluate.pool(proj, source, layer.arrays["sign"])
-        else:
+            refs[layer.name] = evaluate.pool(proj, refs[proj.source], layer.arrays["sign"])
+        else:  # an average pool of its sources (the parts of a concatenation, in channel order)
+            source = torch.cat([refs[p.source] for p in layer.projections], dim=1)
             refs[layer.name] = F.avg_pool2d(source, kernel_size=tuple(spec["kernel_size"]),
                                             stride=tuple(spec["stride"]), padding=tuple(spec["padding"]),
                                             divisor_override=spec["divisor_override"])

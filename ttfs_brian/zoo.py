@@ -88,11 +88,56 @@ class DigitsNet(nn.Module):
         return self.fc2(self.relu_fc(self.fc1(torch.flatten(x, 1))))
 
 
+class BasicBlock(nn.Module):
+    """ResNet v1 basic block: conv3x3-BN-ReLU-conv3x3-BN plus the shortcut (identity, or 1x1 conv + BN when the
+    shape changes), then ReLU; the layout of torchvision's ``BasicBlock``."""
+
+    def __init__(self, cin: int, cout: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        out += identity
+        return self.relu(out)
+
+
+class ResNet8(nn.Module):
+    """ResNet-8 for 28x28 inputs: stem conv3x3-BN-ReLU, three stages of one basic block (identity shortcut,
+    then two 1x1-conv+BN projection shortcuts with stride 2), global average pooling, Linear."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, widths: tuple[int, int, int] = (16, 32, 64)):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        self.layer1 = BasicBlock(widths[0], widths[0], 1)
+        self.layer2 = BasicBlock(widths[0], widths[1], 2)
+        self.layer3 = BasicBlock(widths[1], widths[2], 2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[2], num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "fc2": FC2,
     "lenet5": LeNet5,
     "vgg_small": VGGSmall,
     "digits_net": lambda: DigitsNet(),
+    "resnet8": ResNet8,
 }
 """Architecture name -> constructor (for 28x28 single-channel inputs, except ``digits_net``: 8x8)."""
 

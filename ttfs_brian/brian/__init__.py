@@ -1,17 +1,20 @@
 """Brian2 backend: the converted network as Brian2 ``NeuronGroup``/``Synapses``, exact to the spike time.
 
-- :mod:`~ttfs_brian.brian.equations`: every equation string (read against SPEC sections 3-4, 6);
-- :mod:`~ttfs_brian.brian.connectivity`: synapse index arithmetic for linear, conv and max-pool layers;
-- :mod:`~ttfs_brian.brian.simulator`: :class:`Simulator` (runtime, ``cpp_standalone``,
-  ``cuda_standalone``; ``precise`` or ``grid`` timing) returning a
-  :class:`~ttfs_brian.result.SimulationResult`.
+- :mod:`~ttfs_brian.brian.simulator`: :class:`Simulator`, the facade (build once, run many batches);
+- :mod:`~ttfs_brian.brian.devices`: one adapter per device (runtime, ``cpp_standalone``, ``cuda_standalone``);
+- :mod:`~ttfs_brian.brian.layout`: replicas side by side and rounds one after the other (pure);
+- :mod:`~ttfs_brian.brian.builder`: the Brian2 objects, named after the model's layers;
+- :mod:`~ttfs_brian.brian.readout`: monitors -> :class:`~ttfs_brian.result.SimulationResult`;
+- :mod:`~ttfs_brian.brian.equations`: every equation string (read against SPEC sections 3-4, 6-7);
+- :mod:`~ttfs_brian.brian.toolchain`: make/nvcc workarounds, applied when a device is activated.
 
 Brian2 itself is imported lazily, when a simulator first builds its network.
 """
 from __future__ import annotations
 
-from .simulator import DEVICES, Simulator
+from .devices import DEVICES
 from .equations import TIMINGS
+from .simulator import Simulator
 
 __all__ = ["DEVICES", "TIMINGS", "Simulator", "simulate_brian"]
 

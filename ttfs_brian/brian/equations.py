@@ -4,29 +4,19 @@ Units: Brian2 time in ms (``t``, ``dt``, spike times, window edges), membrane po
 dimensionless and measured in "value" units, so that ``tau_c`` converts one into the other:
 ``dv/dt = rate / tau_c`` with ``rate`` the slope of SPEC section 3 (``alpha + sum_j J_ij H(t - t_j)``).
 
-**One neuron model for every integrating layer.** Hidden layers of both variants and the output
-layer are all instances of
+**One neuron model for every integrating layer.** Hidden layers of both variants and the output layer
+are all instances of the model of :mod:`ttfs_brian.neuron` (whose table gives ``alpha``, ``beta``
+and the gates per variant and role; the analytic engine uses the same parameters):
 
     dv/dt = ((alpha + I) * f_in + beta * f_late) / tau_c
 
-with ``I`` the summed weights of the inputs that have arrived (each synapse adds its weight once),
-and two gates, ``f_in`` (on during ``[t_on, t_off]``) and ``f_late`` (on from ``t_late``):
+with ``I`` the summed weights of the inputs that have arrived (each synapse adds its weight once).
+Stopping the output's ``f_in`` at ``t_min(out)`` freezes ``v`` at the readout time, so the logits are
+simply ``v`` at the end of the round, however late the last (zero-effect) spikes are delivered.
 
-=====================  =========  ==========================  ======================  ============
-layer                  ``alpha``  ``[t_on, t_off]``           ``beta``                ``t_late``
-=====================  =========  ==========================  ======================  ============
-exact, hidden (SPEC 3) 1          ``[t_min(p), inf)``          J summed over padding   ``t_min(n)``
-sparse, hidden (SPEC 4) 0         ``[t_min(p), t_min(n)]``     1 (constant drive)      ``t_min(n)``
-exact, output          drive      ``[t_min(p), t_min(out)]``   0                       --
-sparse, output         0          ``[t_min(p), t_min(out)]``   0                       --
-=====================  =========  ==========================  ======================  ============
-
-(``p`` is the layer's input layer, ``n`` the layer itself.) The padding row is SPEC's rule that a
-zero-padded input spikes at ``t_max(p) = t_min(n)``; starting ``f_in`` at ``t_min(p)`` is the rule
-that integration starts at the input layer's ``t_min`` (an input spike before it acts from
-``t_min(p)`` on, i.e. its value is clamped to ``B_in``); stopping the output's ``f_in`` at
-``t_min(out)`` freezes ``v`` at the readout time, so the logits are simply ``v`` at the end of the
-run, however late the last (zero-effect) spikes are delivered.
+**Delays.** Every projection is one ``Synapses`` object whose pathway has the projection's delay
+(a multiple of ``dt``, delivered exactly by Brian2's spike queue) and a shared constant ``lag`` equal
+to it: the precise correction below uses the arrival time ``t_spike_pre + lag``.
 
 **Exact Euler steps.** A gate is the fraction of the step ``[t, t + dt]`` that lies inside its
 interval, ``(clip(t + dt, a, b) - clip(t, a, b)) / dt``, so the Euler step ``v += dt * dv/dt``
@@ -37,8 +27,8 @@ relative to the grid.
 turns in feed-forward order (all in slot ``after_resets``; see :mod:`ttfs_brian.brian.simulator`):
 first the pathway into layer ``n`` delivers the spikes of layer ``n - 1`` from this step, then
 layer ``n`` tests its threshold and resets, then layer ``n + 1`` gets its turn. A delivery adds
-``w`` to ``I_post`` and adds to ``v_post`` what ``w`` would have contributed between the spike and
-the end of the step, ``w * |[t_spike, t + dt] & [t_on, t_off]| / tau_c``, so ``v`` is exact at
+``w`` to ``I_post`` and adds to ``v_post`` what ``w`` would have contributed between the arrival and
+the end of the step, ``w * |[t_spike + lag, t + dt] & [t_on, t_off]| / tau_c``, so ``v`` is exact at
 the end of the step (``v(t + dt)``) when the threshold is tested. The rate has been constant since
 the last input or gate edge, so the crossing is ``t_cross = t + dt - tau_c (v - theta) / rate``:
 exact whenever no input arrives in the crossing step after the crossing. Later arrivals within the
@@ -72,6 +62,8 @@ structure share compiled code. Only network-independent constants live in the na
 """
 from __future__ import annotations
 
+from ..neuron import NEVER_MS  # noqa: F401  (re-exported: the equations' "never")
+
 TIMINGS = ("precise", "grid")
 
 TOL = 1e-6
@@ -83,9 +75,6 @@ TIME_EPS_MS = 1e-10
 less than this before ``t_max`` is a value of 0 (silence), a crossing less than this before ``t_min``
 is not clipped. Far above the rounding of ``t_cross`` (~1e-13 ms measured on VGG-small), far below
 the 1e-9 ms to which the precise timing is held."""
-
-NEVER_MS = 1e9
-"""A time (ms) later than any simulation: the spike time of a silent input, an unset pool time."""
 
 
 def _gate(start: str, stop: str) -> str:
@@ -186,20 +175,21 @@ POOL_RESET = {
 }
 
 # ----------------------------------------------------------------------------- synapses
-SYNAPSE_MODEL = "w : 1 (constant)"
+SYNAPSE_MODEL = "w : 1 (constant)\nlag : second (constant, shared)"
+POOL_SYNAPSE_MODEL = "lag : second (constant, shared)"
 
 ON_PRE_INTEGRATOR = {
     # I_post += w: the slope from the next step on; v_post += ...: the part of the current step
     # after the spike, inside the target's input gate [t_on, t_off].
     "precise": ("I_post += w\n"
-                "v_post += w * (clip(tr_post + dt, t_on_post, t_off_post) - clip(t_spike_pre, t_on_post, t_off_post)) / tau_c_post"),
+                "v_post += w * (clip(tr_post + dt, t_on_post, t_off_post) - clip(t_spike_pre + lag, t_on_post, t_off_post)) / tau_c_post"),
     "grid": "I_post += w",
 }
 
 ON_PRE_POOL = (
     "n_in_post += 1\n"
-    "t_first_post = clip(t_spike_pre, -t_never, t_first_post)\n"  # min(t_first, t_spike)
-    "t_last_post = clip(t_spike_pre, t_last_post, t_never)"  # max(t_last, t_spike)
+    "t_first_post = clip(t_spike_pre + lag, -t_never, t_first_post)\n"  # min(t_first, arrival)
+    "t_last_post = clip(t_spike_pre + lag, t_last_post, t_never)"  # max(t_last, arrival)
 )
 
 # ----------------------------------------------------------------------------- rounds (time-multiplexing)

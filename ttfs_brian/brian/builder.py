@@ -1,0 +1,256 @@
+"""The Brian2 objects of a converted network: one ``NeuronGroup`` per layer, one ``Synapses`` per projection.
+
+- the input layer is a ``NeuronGroup`` whose neurons fire at their own ``t_in`` (a state variable;
+  standalone runs take new values from a 2-D ``TimedArray`` through ``run_args``, which a
+  ``SpikeGeneratorGroup`` cannot do);
+- every hidden layer and the output layer is a group of the integrating model of
+  :mod:`ttfs_brian.brian.equations`, with the parameters of :mod:`ttfs_brian.neuron`;
+- every max pool fires with its first (or, for ``sign = -1``, its last) input, at that input's exact
+  arrival time;
+- every projection is a ``Synapses`` object with the projection's delay, its indices from
+  :mod:`ttfs_brian.connectivity`, replicated ``R`` times with index offsets.
+
+Objects are named after the model's layers (``features_3``, ``layer1_0_relu``; synapses
+``<target>__from__<source>``), so a user can find them in :attr:`BuiltNetwork.network`.
+
+Within each step the layers take turns in feed-forward order (all in slot ``after_resets``, order
+``10 k + ...`` for the ``k``-th layer): the pathways into layer ``k`` deliver this step's arrivals,
+then layer ``k`` tests its threshold, resets (which sets ``t_spike``) and is monitored, then layer
+``k + 1``. With Brian2's default schedule every group tests its threshold before any pathway runs,
+so a neuron could fire on a ``v`` that lacks an (inhibitory) input of the same step, and a pool would
+pass its spike on one step late.
+
+Rounds (standalone): a ``run_regularly`` on a clock of period ``P`` (slot ``start``) resets each
+group's per-sample state, moves ``round_step`` to the round start and loads the input spike times of
+the round from the table. Results never come from the final state: ``SpikeMonitor`` s record
+``t_spike`` (and ``t_raw`` of hidden neurons) with the absolute ``t`` that names the round; the
+output's ``v`` is read by a custom event on the last step of each round, and in ``exact`` the
+neurons that crossed their threshold before ``t_min`` report their final ``v`` and ``I`` the same way.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable
+
+import numpy as np
+
+from .. import connectivity as cn
+from ..connectivity import Connectivity
+from ..network import Layer, TTFSNetwork
+from ..neuron import integrator
+from . import equations as eq
+from .layout import Layout, RoundTiming
+
+ROUND_CLOCK_SHORTENING = 1e-12
+"""Relative amount by which the round-reset clock is shorter than a round (see :func:`_round_reset`)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the builder needs that does not depend on Brian2: connectivity and object names."""
+
+    net: TTFSNetwork
+    connections: dict[tuple[str, int], Connectivity]
+    names: dict[str, str]
+
+    @property
+    def synapses_per_sample(self) -> int:
+        return sum(c.n_synapses for c in self.connections.values())
+
+    @property
+    def neurons_per_sample(self) -> int:
+        return sum(layer.size for layer in self.net.layers.values())
+
+
+def plan(net: TTFSNetwork) -> Plan:
+    """Connectivity of every projection and a Brian2 name for every layer."""
+    connections = {(layer.name, k): cn.for_projection(net, layer, proj)
+                   for layer in net.layers.values() for k, proj in enumerate(layer.projections)}
+    names: dict[str, str] = {}
+    for layer in net.layers.values():
+        base = re.sub(r"\W", "_", layer.name)
+        base = base if re.match(r"[A-Za-z]", base) else f"layer_{base}"
+        name, k = base, 1
+        while name in names.values():
+            name, k = f"{base}_{k}", k + 1
+        names[layer.name] = name
+    return Plan(net, connections, names)
+
+
+@dataclass(frozen=True)
+class BuiltNetwork:
+    """The Brian2 objects of one compiled network (``layout.replicas`` samples side by side)."""
+
+    network: Any
+    groups: dict[str, Any]
+    synapses: dict[tuple[str, int], Any]
+    monitors: dict[tuple[str, str], Any]
+    table: Any
+    layout: Layout
+    timing: RoundTiming
+    extra: tuple = field(default=())
+
+    @property
+    def input_group(self) -> Any:
+        return next(iter(self.groups.values()))
+
+
+def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, clock: Any, multiplexed: bool,
+          record_v: dict[str, list[int]], setup: Callable[[BuiltNetwork], Iterable[Any]] | None = None) -> BuiltNetwork:
+    """Create the groups, synapses and monitors (inside the device's activation); see the module docstring."""
+    import brian2 as b2
+
+    net, replicas = plan.net, layout.replicas
+    namespace = {"tol": eq.TOL, "t_eps": eq.TIME_EPS_MS * b2.ms, "t_never": eq.NEVER_MS * b2.ms}
+    groups: dict[str, Any] = {}
+    synapses: dict[tuple[str, int], Any] = {}
+    monitors: dict[tuple[str, str], Any] = {}
+    table = None
+    for k, layer in enumerate(net.layers.values()):
+        name = plan.names[layer.name]
+        if layer.kind == "input":
+            if multiplexed:
+                table = b2.TimedArray(np.full((layout.rounds, replicas * layer.size), eq.NEVER_MS) * b2.ms,
+                                      dt=timing.period_ms * b2.ms, name="ttfs_t_in_table")
+            group = _input_group(layer, replicas, spike_timing, clock, namespace, table, name)
+        elif layer.kind == "maxpool":
+            group = _pool_group(layer, plan.connections[(layer.name, 0)], replicas, spike_timing, clock, namespace, name)
+        elif layer.kind == "neuron":
+            group = _hidden_group(net, layer, replicas, spike_timing, clock, namespace, name, timing)
+            if net.variant == "exact":
+                monitors[(layer.name, "report")] = b2.EventMonitor(group, "report", variables=["v", "I"],
+                                                                   name=f"{name}_report")
+        else:
+            group = _output_group(net, layer, replicas, clock, namespace, name, timing)
+            monitors[(layer.name, "readout")] = b2.EventMonitor(group, "readout", variables=["v"],
+                                                                name=f"{name}_readout")
+        if layer.kind != "output":
+            _schedule(group, k)
+            variables = ["t_spike", "t_raw"] if layer.kind == "neuron" else ["t_spike"]
+            monitors[(layer.name, "spikes")] = b2.SpikeMonitor(group, variables=variables, when="after_resets",
+                                                               order=10 * k + 3, name=f"{name}_spikes")
+        if multiplexed:
+            _round_reset(group, layer.kind, timing, name)
+        if layer.name in record_v:
+            if layer.kind not in ("neuron", "output"):
+                raise ValueError(f"record_v: layer {layer.name!r} has no membrane potential (kind {layer.kind})")
+            monitors[(layer.name, "trace")] = b2.StateMonitor(group, "v", record=record_v[layer.name],
+                                                              name=f"{name}_trace")
+        groups[layer.name] = group
+        for j, proj in enumerate(layer.projections):
+            synapses[(layer.name, j)] = _synapses(plan, layer, j, groups[proj.source], group, replicas, spike_timing,
+                                                  clock, namespace, k)
+    objects = [*groups.values(), *synapses.values(), *monitors.values()]
+    built = BuiltNetwork(b2.Network(*objects, name="ttfs_network"), groups, synapses, monitors, table, layout, timing)
+    if setup is not None:
+        extra = tuple(setup(built))
+        built.network.add(*extra)
+        built = BuiltNetwork(built.network, groups, synapses, monitors, table, layout, timing, extra)
+    return built
+
+
+def _schedule(group: Any, k: int) -> None:
+    group.thresholder["spike"].when = "after_resets"
+    group.thresholder["spike"].order = 10 * k + 1
+    group.resetter["spike"].when = "after_resets"
+    group.resetter["spike"].order = 10 * k + 2
+
+
+def _input_group(layer: Layer, replicas: int, spike_timing: str, clock, namespace, table, name: str):
+    import brian2 as b2
+
+    group_ns = namespace if table is None else {**namespace, "t_in_table": table}
+    group = b2.NeuronGroup(replicas * layer.size, eq.INPUT_MODEL, threshold=eq.INPUT_THRESHOLD,
+                           reset=eq.INPUT_RESET[spike_timing], clock=clock, namespace=group_ns, name=name)
+    group.t_in = eq.NEVER_MS * b2.ms
+    return group
+
+
+def _pool_group(layer: Layer, conn: Connectivity, replicas: int, spike_timing: str, clock, namespace, name: str):
+    import brian2 as b2
+
+    sign = np.repeat(np.asarray(layer.arrays["sign"], dtype=np.float64), layer.size // len(layer.arrays["sign"]))
+    need = np.where(sign > 0, 1.0, conn.fan_in.astype(np.float64))  # min pools wait for every valid input
+    group = b2.NeuronGroup(replicas * layer.size, eq.POOL_MODEL, threshold=eq.POOL_THRESHOLD,
+                           reset=eq.POOL_RESET[spike_timing], clock=clock, namespace=namespace, name=name)
+    group.t_first = eq.NEVER_MS * b2.ms
+    group.t_last = -eq.NEVER_MS * b2.ms
+    group.pool_sign = np.tile(sign, replicas)
+    group.need = np.tile(need, replicas)
+    return group
+
+
+def _hidden_group(net: TTFSNetwork, layer: Layer, replicas: int, spike_timing: str, clock, namespace, name: str,
+                  timing: RoundTiming):
+    import brian2 as b2
+
+    params = integrator(net, layer)
+    threshold = eq.EXACT_THRESHOLD if net.variant == "exact" else eq.SPARSE_THRESHOLD[spike_timing]
+    events = {"report": eq.REPORT_EVENT} if net.variant == "exact" else {}
+    group = b2.NeuronGroup(replicas * layer.size, eq.INTEGRATOR_MODEL, threshold=threshold,
+                           reset=eq.INTEGRATOR_RESET[spike_timing], method="euler", clock=clock, events=events,
+                           namespace=namespace, name=name)
+    group.alpha = np.tile(params.alpha, replicas)
+    group.beta = np.tile(params.beta, replicas)
+    group.theta = np.tile(params.theta, replicas)
+    for key in ("t_on", "t_off", "t_late", "t_fire", "t_max", "tau_c"):
+        setattr(group, key, getattr(params, key) * b2.ms)
+    group.t_end = timing.period_ms * b2.ms
+    return group
+
+
+def _output_group(net: TTFSNetwork, layer: Layer, replicas: int, clock, namespace, name: str, timing: RoundTiming):
+    import brian2 as b2
+
+    params = integrator(net, layer)
+    group = b2.NeuronGroup(replicas * layer.size, eq.OUTPUT_MODEL, method="euler", clock=clock,
+                           events={"readout": eq.END_OF_ROUND}, namespace=namespace, name=name)
+    group.alpha = np.tile(params.alpha, replicas)
+    for key in ("t_on", "t_off", "tau_c"):
+        setattr(group, key, getattr(params, key) * b2.ms)
+    group.t_end = timing.period_ms * b2.ms
+    return group
+
+
+def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, spike_timing: str, clock, namespace,
+              k: int):
+    import brian2 as b2
+
+    proj = layer.projections[j]
+    name = f"{plan.names[layer.name]}__from__{plan.names[proj.source]}"
+    repeats = sum(p.source == proj.source for p in layer.projections[:j])
+    name += f"_{repeats}" if repeats else ""  # a second projection from the same source
+    if layer.kind == "maxpool":
+        syn = b2.Synapses(source, target, model=eq.POOL_SYNAPSE_MODEL, on_pre=eq.ON_PRE_POOL, clock=clock,
+                          namespace=namespace, delay=proj.delay * b2.ms, name=name)
+    else:
+        syn = b2.Synapses(source, target, model=eq.SYNAPSE_MODEL, on_pre=eq.ON_PRE_INTEGRATOR[spike_timing],
+                          clock=clock, namespace=namespace, delay=proj.delay * b2.ms, name=name)
+    # After the resets, so that the presynaptic t_spike is already set (SPEC section 6).
+    syn.pre.when = "after_resets"
+    syn.pre.order = 10 * k
+    pre, post, weight = cn.replicate(plan.connections[(layer.name, j)], replicas)
+    if pre.size:
+        syn.connect(i=pre, j=post)
+        if layer.kind != "maxpool":
+            syn.w = weight
+    syn.lag = proj.delay * b2.ms
+    return syn
+
+
+def _round_reset(group, kind: str, timing: RoundTiming, name: str) -> None:
+    """Reset the per-sample state at the first step of every round.
+
+    Brian2 runs two clocks in the same step only while their times agree to 1e-14 s (absolute); beyond
+    ~64 s of simulated time ``k P`` and ``n dt`` drift further apart, and the reset ran after the first
+    step of some rounds (which then lost their readout). A round clock shorter by 1e-12 relative always
+    runs first: ahead by ~1e-12 t, more than the rounding of t (~1e-16 t) and less than a step (runs
+    have < 1e9 steps). Its code reads the simulation clock's t and dt, so ``round_step`` is the exact
+    step count.
+    """
+    import brian2 as b2
+
+    role = {"neuron": "hidden", "maxpool": "pool"}.get(kind, kind)
+    group.run_regularly(eq.ROUND_RESET[role], dt=timing.period_ms * (1 - ROUND_CLOCK_SHORTENING) * b2.ms,
+                        when="start", order=-100, name=f"{name}_round")

@@ -1,0 +1,195 @@
+"""One adapter per Brian2 device behind a small common interface; all device-specific code lives here.
+
+An adapter makes its device current for a block (:meth:`activate`), gives the clock the network runs
+on, builds a network (runtime: store its initial state; standalone: generate and compile the project
+once) and runs one chunk of samples (runtime: restore and run; standalone: rerun the binary with new
+input spike times through ``run_args``, no recompilation). The model code never branches on the
+device; the simulator picks an adapter with :func:`adapter`.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import InputError, ToolchainError
+from . import toolchain
+
+DEVICES = ("runtime", "cpp_standalone", "cuda_standalone")
+
+
+class RuntimeAdapter:
+    """Brian2's runtime device (Cython or NumPy code generation): one round per run, restored between runs."""
+
+    name = "runtime"
+    multiplexed = False
+
+    def __init__(self, codegen_target: str | None = None, **_: Any):
+        self.codegen_target = codegen_target
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[None]:
+        import brian2 as b2
+        from brian2.devices.device import reset_device, set_device
+
+        toolchain.quiet_known_warnings()
+        old_target = b2.prefs.codegen.target
+        if self.codegen_target is not None:
+            b2.prefs.codegen.target = self.codegen_target
+        set_device("runtime")
+        try:
+            yield
+        finally:
+            b2.prefs.codegen.target = old_target
+            reset_device()
+
+    def clock(self, dt_ms: float):
+        import brian2 as b2
+
+        return b2.Clock(dt=dt_ms * b2.ms, name="ttfs_clock")
+
+    def build(self, network, run_ms: float) -> float:
+        network.store("initial")
+        return 0.0
+
+    def run(self, built, t_in_ms: np.ndarray, period_ms: float) -> None:
+        import brian2 as b2
+
+        with self.activate():
+            built.network.restore("initial")
+            built.input_group.t_in = t_in_ms.reshape(-1) * b2.ms
+            built.network.run(period_ms * b2.ms, namespace={})
+
+
+class StandaloneAdapter:
+    """``cpp_standalone``: one compiled project per simulator in its own directory, with a private device (so
+    that several simulators and the runtime device coexist in one process), rerun for every chunk."""
+
+    name = "cpp_standalone"
+    multiplexed = True
+
+    def __init__(self, threads: int | None = None, build_dir: Path | None = None, **_: Any):
+        self.threads = threads
+        self.build_dir = build_dir
+        self._device = None
+
+    def _factory(self):
+        from brian2.devices.cpp_standalone.device import CPPStandaloneDevice
+
+        return CPPStandaloneDevice
+
+    def _prepare(self) -> None:
+        """Preferences the device needs before code generation."""
+
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[Any]:
+        import brian2 as b2
+        from brian2.devices.device import reset_device, set_device
+
+        toolchain.quiet_known_warnings()
+        factory = self._factory()
+        self._prepare()
+        if self._device is None:
+            toolchain.check_tools(self.name)
+            self._device = factory()
+        old_threads = b2.prefs.devices.cpp_standalone.openmp_threads
+        if self.threads is not None:
+            b2.prefs.devices.cpp_standalone.openmp_threads = self.threads
+        set_device(self._device, build_on_run=False)
+        try:
+            yield self._device
+        finally:
+            b2.prefs.devices.cpp_standalone.openmp_threads = old_threads
+            reset_device()
+
+    def clock(self, dt_ms: float):
+        import brian2 as b2
+
+        return b2.Clock(dt=dt_ms * b2.ms, name="ttfs_clock")
+
+    def build(self, network, run_ms: float) -> float:
+        """Record the run, then generate and compile the project; returns the compile time (s)."""
+        import brian2 as b2
+
+        network.run(run_ms * b2.ms, namespace={})
+        self.build_dir = Path(self.build_dir or tempfile.mkdtemp(prefix="ttfs_brian_standalone_"))
+        started = time.perf_counter()
+        try:
+            self._compile()
+        except RuntimeError as exc:
+            raise ToolchainError(f"building the {self.name} project in {self.build_dir} failed ({exc}); check the "
+                                 "C++ toolchain, or use device='runtime'") from exc
+        return time.perf_counter() - started
+
+    def _compile(self) -> None:
+        makefile = self.build_dir / "makefile"
+        before = (makefile.read_text(), makefile.stat()) if makefile.exists() else None
+        self._device.build(directory=str(self.build_dir), compile=False, run=False, with_output=False)
+        toolchain.patch_makefile(makefile)
+        if before is not None and makefile.read_text() == before[0]:
+            # unchanged: keep its time stamp, so that make rebuilds only changed sources
+            os.utime(makefile, ns=(before[1].st_atime_ns, before[1].st_mtime_ns))
+        self._device.compile_source(str(self.build_dir), None, False, False)
+
+    def run(self, built, t_in_ms: np.ndarray, period_ms: float) -> None:
+        import brian2 as b2
+
+        self._device.run(directory=str(self.build_dir), with_output=False,
+                         run_args={built.table: t_in_ms.reshape(built.layout.rounds, -1) * b2.ms})
+        for name in list(self._device.run_args_arrays):  # the input table file is never needed again
+            with contextlib.suppress(OSError):
+                os.remove(self.build_dir / "static_arrays" / name)
+
+
+class CudaAdapter(StandaloneAdapter):
+    """brian2cuda's ``cuda_standalone`` (Python >= 3.12): built without a GPU where none is visible."""
+
+    name = "cuda_standalone"
+
+    def __init__(self, compute_capability: float | None = None, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.compute_capability = compute_capability
+
+    def _factory(self):
+        try:
+            import brian2cuda  # noqa: F401
+            from brian2cuda.device import CUDAStandaloneDevice
+        except ImportError as exc:
+            raise ToolchainError(
+                "device='cuda_standalone' needs brian2cuda (pip install brian2cuda==1.0b1), which pins "
+                "brian2==2.10.1 and therefore Python >= 3.12: run it from a separate environment, or use "
+                "device='cpp_standalone' or device='runtime'") from exc
+        return CUDAStandaloneDevice
+
+    def _prepare(self) -> None:
+        toolchain.configure_cuda(self.compute_capability)
+
+    def clock(self, dt_ms: float):
+        import brian2 as b2
+
+        # brian2cuda's synaptic pathway code refers to ``defaultclock`` by name
+        b2.defaultclock.dt = dt_ms * b2.ms
+        return b2.defaultclock
+
+    def _compile(self) -> None:
+        self._device.build(directory=str(self.build_dir), compile=True, run=False, with_output=False)
+
+
+_ADAPTERS = {"runtime": RuntimeAdapter, "cpp_standalone": StandaloneAdapter, "cuda_standalone": CudaAdapter}
+
+
+def adapter(device: str, **options: Any):
+    """The adapter of ``device`` (``runtime``: ``codegen_target``; standalone: ``threads``, ``build_dir``;
+    CUDA: ``compute_capability``)."""
+    if device not in _ADAPTERS:
+        raise InputError(f"unknown device {device!r}; choose one of {DEVICES}")
+    if device == "runtime" and (options.get("threads") is not None or options.get("compute_capability") is not None):
+        raise InputError("threads (OpenMP) and compute_capability need a standalone device, not device='runtime'")
+    if device != "runtime" and options.get("codegen_target") is not None:
+        raise InputError("codegen_target applies to device='runtime' only")
+    return _ADAPTERS[device](**options)

@@ -1,0 +1,136 @@
+"""Monitors -> :class:`~ttfs_brian.result.SimulationResult`: spike times, logits, the clipped/early report.
+
+Monitors record events with the absolute time ``t``, which names the round, and a neuron index that
+names the replica; :class:`Collector` turns them into flat, sample-major arrays chunk by chunk, and
+:meth:`Collector.result` assembles the result of the first ``N`` samples.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..grid_bound import grid_error_bound, uncertain_predictions
+from ..network import TTFSNetwork
+from ..neuron import integrator
+from ..result import SimulationResult, build_report, layer_record, named_results, no_flags, note_layer_flags
+from . import equations as eq
+from .builder import BuiltNetwork, Plan
+
+
+class Collector:
+    """Accumulates the monitored values of every chunk of a batch of ``chunks * R * K`` samples."""
+
+    def __init__(self, plan: Plan, samples_per_run: int, chunks: int):
+        self.plan = plan
+        net = plan.net
+        total = chunks * samples_per_run
+        # Flat arrays (sample-major) of what every sample needs: spike times and the output's v. The
+        # neurons that crossed before t_min are few: kept as event lists (flat index, values).
+        self.raw = {layer.name: np.full(total * layer.size, np.nan) for layer in net.layers.values()}
+        self.crossed: dict[str, list[np.ndarray]] = {name: [] for name in net.layers}
+        self.reports: dict[str, list[tuple[np.ndarray, ...]]] = {name: [] for name in net.layers}
+        self.meta: dict[str, dict] = {}
+
+    def read(self, built: BuiltNetwork, offset: int, first: bool) -> None:
+        """Take the monitors of the run that simulated samples ``offset ...`` (valid until the next run)."""
+        net = self.plan.net
+        for layer in net.layers.values():
+            name, size = layer.name, layer.size
+            if layer.is_output:
+                sample, neuron, (v,) = _events(built, layer.name, size, "readout", "v")
+                self.raw[name][(offset + sample) * size + neuron] = v
+                continue
+            names = ("t_spike", "t_raw") if layer.kind == "neuron" else ("t_spike",)
+            sample, neuron, values = _events(built, layer.name, size, "spikes", *names)
+            flat = (offset + sample) * size + neuron
+            self.raw[name][flat] = values[0] * 1e3  # Brian2 stores seconds
+            if layer.kind == "neuron":
+                self.crossed[name].append(flat[values[1] * 1e3 < layer.t_min - eq.TIME_EPS_MS])
+            if first:
+                in_sample_0 = sample == 0
+                self.meta.setdefault("spike_monitor", {})[name] = (neuron[in_sample_0], values[0][in_sample_0] * 1e3)
+            if (name, "report") in built.monitors:
+                sample, neuron, (v, current) = _events(built, layer.name, size, "report", "v", "I")
+                self.reports[name].append(((offset + sample) * size + neuron, v.copy(), current.copy()))
+        if first:
+            period = built.timing.period_ms
+            for (name, kind), monitor in built.monitors.items():
+                if kind == "trace":
+                    t, v = (np.asarray(monitor.variables[key].get_value()) for key in ("t", "v"))
+                    in_round_0 = t * 1e3 < period - 0.5 * built.timing.dt  # sample 0 is round 0
+                    self.meta.setdefault("traces", {})[name] = (t[in_round_0] * 1e3, np.asarray(v)[in_round_0].T.copy())
+
+    def result(self, n: int, input_clipped: np.ndarray, spike_timing: str, dt: float,
+               period_ms: float) -> SimulationResult:
+        """Spike times, logits and the report of the first ``n`` samples."""
+        net = self.plan.net
+        times: dict[str, np.ndarray] = {}
+        records, reasons = [], no_flags(n)
+        logits = None
+        bound = None
+        if spike_timing == "grid":
+            bound = grid_error_bound(net, dt, self.plan.connections)
+        for layer in net.layers.values():
+            values = self.raw[layer.name][:n * layer.size]
+            if layer.is_output:
+                v = values.reshape(n, -1)
+                if np.isnan(v).any():
+                    raise RuntimeError("the output layer was not read out in every round (internal error)")
+                logits = v + np.asarray(layer.arrays["bias"]).reshape(1, -1) if net.variant == "sparse" else v
+                continue
+            clipped, early = self._flags(net, layer, values.size, n, input_clipped, period_ms)
+            times[layer.name] = values.reshape(n, *layer.shape)
+            clipped_n, early_n = (mask.reshape(n, -1).sum(axis=1) for mask in (clipped, early))
+            worst = 0.0 if bound is None else float(bound.spike_ms[layer.name].max())
+            records.append(layer_record(layer.name, layer.kind, times[layer.name], clipped_n, early_n, worst))
+            note_layer_flags(reasons, layer.kind, clipped_n, early_n)
+        assert logits is not None
+        if bound is not None:
+            reasons["uncertain_prediction"] = uncertain_predictions(logits, bound.logits)
+        return SimulationResult(logits, named_results(net, times), build_report(records), reasons, backend="brian2",
+                                meta=dict(self.meta), error_bound=bound)
+
+    def _flags(self, net: TTFSNetwork, layer, count: int, n: int, input_clipped: np.ndarray, period_ms: float):
+        """Per-neuron clipped and early masks of one layer (first ``n`` samples)."""
+        clipped = np.zeros(count, dtype=bool)
+        early = np.zeros(count, dtype=bool)
+        if layer.kind == "input":
+            return input_clipped.reshape(-1), early
+        if layer.kind != "neuron":
+            return clipped, early
+        before = np.concatenate([np.zeros(0, dtype=np.int64), *self.crossed[layer.name]])
+        before = before[before < count]
+        if net.variant != "exact":
+            clipped[before] = True
+            return clipped, early
+        # Clipped: the closed-form crossing (all inputs arrived, the line of the final slope) lies before
+        # t_min; early: the true crossing does, but the closed form does not. A crossing at or after t_min
+        # has the final slope already, so only neurons that crossed before t_min can be either (they alone
+        # report v and I at the round end).
+        early[before] = True
+        params = integrator(net, layer)
+        for flat, v, current in self.reports[layer.name]:
+            keep = flat < count
+            flat, v, current = flat[keep], v[keep], current[keep]
+            neuron = flat % layer.size
+            rate = params.alpha[neuron] + params.beta[neuron] + current
+            closed = period_ms - net.tau_c * (v - params.theta[neuron]) / np.where(rate > 0, rate, np.nan)
+            clipped[flat] = np.nan_to_num(closed, nan=np.inf) < layer.t_min - eq.TIME_EPS_MS
+        clipped &= early
+        early &= ~clipped
+        return clipped, early
+
+
+def _events(built: BuiltNetwork, layer: str, size: int, kind: str, *names: str):
+    """(sample within the run, neuron within the sample, recorded values in s or units of v) of one monitor,
+    read through the variable's own device (standalone result files or runtime arrays)."""
+    monitor = built.monitors[(layer, kind)]
+    index, t, *values = (np.asarray(monitor.variables[name].get_value()) for name in ("i", "t", *names))
+    period = built.timing.period_ms
+    rounds = (t * 1e3 / period + 0.5 * built.timing.dt / period).astype(np.int64)  # t >= 0: truncation is floor
+    replica = index // size
+    neuron = index - replica * size
+    if rounds.size and (rounds.max() >= built.layout.rounds or replica.max() >= built.layout.replicas):
+        raise RuntimeError(f"internal error: layer {layer!r} recorded an event in round {rounds.max()} / replica "
+                           f"{replica.max()} of a run with {built.layout.rounds} rounds and {built.layout.replicas} "
+                           "replicas")
+    return rounds * built.layout.replicas + replica, neuron.astype(np.int64), values
