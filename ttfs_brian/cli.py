@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_build)
 
     p = _subparser(sub, "train", "train a zoo architecture on an offline dataset (deterministic)")
-    p.add_argument("arch", help="architecture: fc2, lenet5, vgg_small or digits_net")
+    p.add_argument("arch", help="architecture: fc2, lenet5, vgg_small, resnet8 or digits_net")
     p.add_argument("--data", default="mnist5k", help="mnist5k (4,000/1,000 split), digits, or cifar10 (--data-dir)")
     p.add_argument("--data-dir", help="local copy of CIFAR-10 (never downloaded)")
     p.add_argument("--epochs", type=int, default=10, help="passes over the training split")

@@ -30,10 +30,12 @@ COLUMNS = ["dataset", "model", "variant", "engine", "device", "timing", "dt", "n
            "synaptic_events_per_image", "relu_macs_per_image", "wall_s_per_image", "compile_s"]
 KEY = ["dataset", "model", "variant", "engine", "device", "timing", "dt", "n_test"]
 
-MODELS = [("mnist5k", "fc2"), ("mnist5k", "lenet5"), ("mnist5k", "vgg_small"), ("digits", "digits_net")]
+MODELS = [("mnist5k", "fc2"), ("mnist5k", "lenet5"), ("mnist5k", "vgg_small"), ("mnist5k", "resnet8"),
+          ("digits", "digits_net")]
 
-SMALLER_SUBSETS = {("vgg_small", "grid"): 10}
-"""Fewer test samples where an engine is slow: VGG-small at dt = 0.001 ms takes ~20 s per image."""
+SMALLER_SUBSETS = {("vgg_small", "grid"): 10, ("resnet8", "grid"): 3}
+"""Fewer test samples where an engine is slow: at dt = 0.001 ms VGG-small takes ~20 s per image, ResNet-8 (8.6M
+synapses, 116 ms windows) longer."""
 
 
 @dataclass(frozen=True)
