@@ -30,7 +30,7 @@ $(VENV312)/.installed: setup.cfg pyproject.toml
 	@test -n "$(PYTHON312)" || { echo "cuda-env needs python3.12 (brian2cuda requires Python >= 3.12)"; exit 1; }
 	test -x $(VENV312)/bin/python || $(PYTHON312) -m venv $(VENV312)
 	$(VENV312)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV312)/bin/python -m pip install --quiet 'brian2cuda==1.0b1' nvidia-curand-cu12 pandas tqdm
+	$(VENV312)/bin/python -m pip install --quiet 'brian2cuda==1.0b1' nvidia-curand-cu12 pandas tqdm scipy
 	$(VENV312)/bin/python -m pip install --quiet --no-deps -e .
 	touch $@
 

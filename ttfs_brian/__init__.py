@@ -32,20 +32,24 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'ttfs_brian' has no attribute {name!r}")
 
 
-def simulate(net: TTFSNetwork, x: np.ndarray, backend: str = "analytic", **kwargs: Any):
+def simulate(net: TTFSNetwork, x: np.ndarray, backend: str = "analytic", perturbation=None, indices=None,
+             **kwargs: Any):
     """Run ``net`` on the batch ``x`` with the ``analytic`` engine or ``brian2``.
 
-    Brian2 options (``device``, ``timing``, ``dt``, ``threads``, ``build_dir``) go to
+    ``perturbation``: a :class:`ttfs_brian.perturb.Perturbation` or a list of them (SPEC section 8);
+    ``indices``: the samples' global indices, on which per-sample draws depend (default ``0 .. N-1``).
+    Brian2 options (``device``, ``timing``, ``dt``, ``threads``, ``build_dir``, ...) go to
     :class:`ttfs_brian.brian.Simulator`.
     """
     if backend == "analytic":
         if kwargs:
-            raise InputError(f"the analytic backend takes no options (got {sorted(kwargs)}); Brian2 options need backend='brian2'")
+            raise InputError(f"the analytic backend takes no options (got {sorted(kwargs)}); Brian2 options need "
+                             "backend='brian2'")
         from .analytic import simulate_analytic
-        return simulate_analytic(net, x)
+        return simulate_analytic(net, x, perturbation=perturbation, indices=indices)
     if backend == "brian2":
         from .brian import Simulator
-        return Simulator(net, **kwargs).run(x)
+        return Simulator(net, **kwargs).run(x, perturbation=perturbation, indices=indices)
     raise InputError(f"unknown backend {backend!r}; choose 'analytic' or 'brian2'")
 
 

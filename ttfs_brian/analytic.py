@@ -22,13 +22,14 @@ import time
 import numpy as np
 import torch
 
-from . import evaluate
+from . import evaluate, perturb
 from .coding import encode_inputs, spike_times
+from .errors import InputError
 from .network import Layer, TTFSNetwork
 from .neuron import Integrator, integrator
 from .projection import weight_sum
 from .result import SimulationResult, build_report, layer_record, named_results, no_flags, note_layer_flags
-from .validation import validate_inputs
+from .validation import sample_indices, validate_inputs
 
 CROSSING_CHUNK = 2_000_000
 """Candidate neurons x fan-in processed at once by the event-driven early-firing check."""
@@ -38,10 +39,35 @@ def _t(array: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.asarray(array, dtype=np.float64))
 
 
-def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor) -> SimulationResult:
-    """Spike times of every layer, logits and a report of clipping and early firing."""
+def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor, perturbation=None,
+                      indices: np.ndarray | None = None) -> SimulationResult:
+    """Spike times of every layer, logits and a report of clipping, early firing and lost spikes.
+
+    ``perturbation``: a :class:`~ttfs_brian.perturb.Perturbation` or a list of them; ``indices``: the
+    samples' global indices (default ``0 .. N-1``), on which per-sample draws depend.
+    """
     started = time.perf_counter()
     data = validate_inputs(net, x)
+    perturbations = perturb.as_list(perturbation)
+    for p in perturbations:
+        if p.kind in perturb.BRIAN2_ONLY:
+            raise InputError(f"perturbation {p.kind} has no analytic twin; simulate it with backend='brian2' "
+                             "(timing='grid')")
+    indices = sample_indices(indices, data.shape[0])
+    perturbed = perturb.perturb_network(net, perturbations)
+    if any(p.kind in TIMED_KINDS for p in perturbations):
+        result = _simulate_timed(perturbed, data, perturbations, indices)
+    else:
+        result = _simulate_closed_form(perturbed, data)
+    result.meta.update(wall_s=time.perf_counter() - started, perturbation=[p.describe() for p in perturbations])
+    return result
+
+
+TIMED_KINDS = ("input_jitter", "spike_jitter", "time_bits", "drop", "leak")
+"""Perturbations that move spikes off their nominal times: solved on arrival times (:mod:`ttfs_brian.events`)."""
+
+
+def _simulate_closed_form(net: TTFSNetwork, data: np.ndarray) -> SimulationResult:
     n = data.shape[0]
     values: dict[str, torch.Tensor] = {}
     times: dict[str, np.ndarray] = {}
@@ -69,8 +95,37 @@ def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor) -> Simulat
             records.append(layer_record(layer.name, layer.kind, times[layer.name], *counts))
             note_layer_flags(reasons, layer.kind, *counts)
     assert logits is not None
-    return SimulationResult(logits, named_results(net, times), build_report(records), reasons, backend="analytic",
-                            meta={"wall_s": time.perf_counter() - started})
+    return SimulationResult(logits, named_results(net, times), build_report(records), reasons, backend="analytic")
+
+
+def _simulate_timed(net: TTFSNetwork, data: np.ndarray, perturbations, indices: np.ndarray) -> SimulationResult:
+    from .events import TimedRun
+
+    n = data.shape[0]
+    run = TimedRun(net, perturbations, indices)
+    times: dict[str, np.ndarray] = {}
+    records, reasons = [], no_flags(n)
+    logits = None
+    with torch.no_grad():
+        for layer in net.layers.values():
+            clipped = early = None
+            lost = 0
+            if layer.kind == "input":
+                (shown, lost), clipped_np = run.input(data)
+                clipped = clipped_np.reshape(n, -1).sum(axis=1)
+            elif layer.kind == "maxpool":
+                shown = run.pool(layer)
+            elif layer.kind == "output":
+                logits = run.output(layer)
+                continue
+            else:
+                shown, clipped_t, early_t, lost = run.hidden(layer)
+                clipped, early = (m.reshape(n, -1).sum(dim=1).numpy() for m in (clipped_t, early_t))
+            times[layer.name] = shown
+            records.append(layer_record(layer.name, layer.kind, shown, clipped, early, dropped=lost))
+            note_layer_flags(reasons, layer.kind, clipped, early)
+    assert logits is not None
+    return SimulationResult(logits, named_results(net, times), build_report(records), reasons, backend="analytic")
 
 
 def _inputs(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor], params: Integrator):
@@ -140,24 +195,31 @@ def first_crossing(inputs: torch.Tensor, weights: torch.Tensor, threshold: torch
                    alpha: torch.Tensor | float = 1.0) -> torch.Tensor:
     """First time in ``[0, b_in]`` (from the integration start) at which ``V >= threshold``; inf if none.
 
-    ``dV/dt = alpha + sum_j w_j H(t - a_j)`` with arrivals ``a_j = b_in - x_j``; ``V`` is piecewise
-    linear, so sorting the arrivals and accumulating slopes gives ``V`` at every breakpoint exactly.
+    ``dV/dt = alpha + sum_j w_j H(t - a_j)`` with arrivals ``a_j = b_in - x_j`` (values ``x_j``).
     """
-    alpha = torch.as_tensor(alpha, dtype=torch.float64).expand(inputs.shape[0])
-    out = torch.empty(inputs.shape[0], dtype=torch.float64)
-    step = max(1, CROSSING_CHUNK // max(1, inputs.shape[1]))
-    for lo in range(0, inputs.shape[0], step):
+    return first_crossing_times(b_in - inputs, weights, threshold, alpha, b_in)
+
+
+def first_crossing_times(arrivals: torch.Tensor, weights: torch.Tensor, threshold: torch.Tensor,
+                         alpha: torch.Tensor | float, end: float) -> torch.Tensor:
+    """First time in ``[0, end]`` at which ``V >= threshold`` for ``dV/dt = alpha + sum_j w_j H(t - a_j)``,
+    ``V(0) = 0``, arrivals ``a_j`` >= 0 (inf: never); inf if none. ``V`` is piecewise linear, so sorting the
+    arrivals and accumulating slopes gives ``V`` at every breakpoint exactly."""
+    alpha = torch.as_tensor(alpha, dtype=torch.float64).expand(arrivals.shape[0])
+    out = torch.empty(arrivals.shape[0], dtype=torch.float64)
+    step = max(1, CROSSING_CHUNK // max(1, arrivals.shape[1]))
+    for lo in range(0, arrivals.shape[0], step):
         sl = slice(lo, lo + step)
-        out[sl] = _first_crossing_chunk(inputs[sl], weights[sl], threshold[sl], b_in, alpha[sl])
+        out[sl] = _first_crossing_chunk(arrivals[sl], weights[sl], threshold[sl], end, alpha[sl])
     return out
 
 
-def _first_crossing_chunk(inputs, weights, threshold, b_in, alpha):
-    arrival, order = torch.sort(b_in - inputs, dim=1)
+def _first_crossing_chunk(arrivals, weights, threshold, end, alpha):
+    arrival, order = torch.sort(arrivals.clamp(max=end), dim=1)
     w_sorted = torch.gather(weights, 1, order)
-    k = inputs.shape[0]
+    k = arrivals.shape[0]
     starts = torch.cat([torch.zeros(k, 1, dtype=torch.float64), arrival], dim=1)
-    ends = torch.cat([arrival, torch.full((k, 1), b_in, dtype=torch.float64)], dim=1)
+    ends = torch.cat([arrival, torch.full((k, 1), end, dtype=torch.float64)], dim=1)
     slopes = torch.cat([torch.zeros(k, 1, dtype=torch.float64), torch.cumsum(w_sorted, dim=1)], dim=1) + alpha[:, None]
     v_end = torch.cumsum(slopes * (ends - starts), dim=1)
     v_start = v_end - slopes * (ends - starts)

@@ -11,7 +11,7 @@ from .coding import decode
 from .grid_bound import GridBound
 from .network import TTFSNetwork
 
-REPORT_COLUMNS = ["layer", "kind", "neurons", "spikes", "spikes_per_neuron", "clipped", "early_fired",
+REPORT_COLUMNS = ["layer", "kind", "neurons", "spikes", "spikes_per_neuron", "clipped", "early_fired", "dropped",
                   "error_bound_ms"]
 
 
@@ -117,8 +117,9 @@ def named_results(net: TTFSNetwork, by_layer: dict[str, np.ndarray]) -> dict[str
 
 
 def layer_record(layer_name: str, kind: str, spike_times: np.ndarray, clipped: np.ndarray | None = None,
-                 early: np.ndarray | None = None, error_bound_ms: float = 0.0) -> dict[str, Any]:
-    """One report row; ``clipped`` and ``early`` are per-sample event counts ``(N,)`` (None: no events)."""
+                 early: np.ndarray | None = None, error_bound_ms: float = 0.0, dropped: int = 0) -> dict[str, Any]:
+    """One report row; ``clipped`` and ``early`` are per-sample event counts ``(N,)`` (None: no events);
+    ``dropped`` counts the layer's spikes lost in transmission (perturbation ``drop``)."""
     n = spike_times.shape[0]
     neurons = int(np.prod(spike_times.shape[1:]))
     spikes = int(spike_times.size - np.count_nonzero(np.isnan(spike_times)))
@@ -130,6 +131,7 @@ def layer_record(layer_name: str, kind: str, spike_times: np.ndarray, clipped: n
         "spikes_per_neuron": spikes / max(1, n * neurons),
         "clipped": 0 if clipped is None else int(clipped.sum()),
         "early_fired": 0 if early is None else int(early.sum()),
+        "dropped": int(dropped),
         "error_bound_ms": float(error_bound_ms),
     }
 

@@ -47,3 +47,14 @@ def validate_inputs(net: TTFSNetwork, x) -> np.ndarray:
     if array.shape[0] == 0:
         raise InputError("the input batch is empty (0 samples); pass at least one sample")
     return array
+
+
+def sample_indices(indices: np.ndarray | None, n: int) -> np.ndarray:
+    """The samples' global indices (``0 .. n-1`` by default), checked."""
+    if indices is None:
+        return np.arange(n)
+    indices = np.asarray(indices)
+    if indices.shape != (n,) or not np.issubdtype(indices.dtype, np.integer) or (indices < 0).any():
+        raise InputError(f"indices must be {n} non-negative integers (one global index per sample), got shape "
+                         f"{indices.shape} of {indices.dtype}")
+    return indices.astype(np.int64)

@@ -30,7 +30,7 @@ neurons that crossed their threshold before ``t_min`` report their final ``v`` a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, Iterable
 
 import numpy as np
@@ -79,6 +79,26 @@ def plan(net: TTFSNetwork) -> Plan:
 
 
 @dataclass(frozen=True)
+class Structure:
+    """What a compiled network can do beyond the nominal mapping; a run that needs more rebuilds it.
+
+    ``leak``: the leaky neuron (``inv_tau_m``; 0 is the nominal one), ``noise``: membrane noise
+    (``sigma_v``), ``departures``: spikes that leave their neuron off their crossing (jitter, time
+    quantization, drops; per-round tables), ``latency``: the transmission latency (ms) of ``spike_jitter``
+    already in the network's delays (hidden neurons' departures add it).
+    """
+
+    leak: bool = False
+    noise: bool = False
+    departures: bool = False
+    latency: float = 0.0
+
+    def covers(self, other: "Structure") -> bool:
+        return ((self.leak or not other.leak) and (self.noise or not other.noise)
+                and (self.departures or not other.departures) and self.latency == other.latency)
+
+
+@dataclass(frozen=True)
 class BuiltNetwork:
     """The Brian2 objects of one compiled network (``layout.replicas`` samples side by side)."""
 
@@ -89,6 +109,8 @@ class BuiltNetwork:
     table: Any
     layout: Layout
     timing: RoundTiming
+    structure: Structure = Structure()
+    tables: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     extra: tuple = field(default=())
 
     @property
@@ -97,7 +119,8 @@ class BuiltNetwork:
 
 
 def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, clock: Any, multiplexed: bool,
-          record_v: dict[str, list[int]], setup: Callable[[BuiltNetwork], Iterable[Any]] | None = None) -> BuiltNetwork:
+          record_v: dict[str, list[int]], setup: Callable[[BuiltNetwork], Iterable[Any]] | None = None,
+          structure: Structure = Structure()) -> BuiltNetwork:
     """Create the groups, synapses and monitors (inside the device's activation); see the module docstring."""
     import brian2 as b2
 
@@ -106,6 +129,7 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
     groups: dict[str, Any] = {}
     synapses: dict[tuple[str, int], Any] = {}
     monitors: dict[tuple[str, str], Any] = {}
+    tables: dict[str, tuple[Any, Any]] = {}
     table = None
     for k, layer in enumerate(net.layers.values()):
         name = plan.names[layer.name]
@@ -117,21 +141,30 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
         elif layer.kind == "maxpool":
             group = _pool_group(layer, plan.connections[(layer.name, 0)], replicas, spike_timing, clock, namespace, name)
         elif layer.kind == "neuron":
-            group = _hidden_group(net, layer, replicas, spike_timing, clock, namespace, name, timing)
+            group_ns = namespace
+            if structure.departures and multiplexed:
+                zeros = np.zeros((layout.rounds, replicas * layer.size))
+                tables[layer.name] = (
+                    b2.TimedArray(zeros * b2.ms, dt=timing.period_ms * b2.ms, name=f"{name}_eps_table"),
+                    b2.TimedArray(zeros, dt=timing.period_ms * b2.ms, name=f"{name}_lost_table"))
+                group_ns = {**namespace, "eps_table": tables[layer.name][0], "lost_table": tables[layer.name][1]}
+            group = _hidden_group(net, layer, replicas, spike_timing, clock, group_ns, name, timing, structure, k)
             if net.variant == "exact":
                 monitors[(layer.name, "report")] = b2.EventMonitor(group, "report", variables=["v", "I"],
                                                                    name=f"{name}_report")
         else:
-            group = _output_group(net, layer, replicas, clock, namespace, name, timing)
+            group = _output_group(net, layer, replicas, clock, namespace, name, timing, structure)
             monitors[(layer.name, "readout")] = b2.EventMonitor(group, "readout", variables=["v"],
                                                                 name=f"{name}_readout")
         if layer.kind != "output":
             _schedule(group, k)
             variables = ["t_spike", "t_raw"] if layer.kind == "neuron" else ["t_spike"]
+            if layer.kind == "neuron" and structure.departures:
+                variables.append("lost")
             monitors[(layer.name, "spikes")] = b2.SpikeMonitor(group, variables=variables, when="after_resets",
-                                                               order=10 * k + 3, name=f"{name}_spikes")
+                                                               order=10 * k + 5, name=f"{name}_spikes")
         if multiplexed:
-            _round_reset(group, layer.kind, timing, name)
+            _round_reset(group, layer.kind, timing, name, structure.departures)
         if layer.name in record_v:
             if layer.kind not in ("neuron", "output"):
                 raise ValueError(f"record_v: layer {layer.name!r} has no membrane potential (kind {layer.kind})")
@@ -139,14 +172,16 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
                                                               name=f"{name}_trace")
         groups[layer.name] = group
         for j, proj in enumerate(layer.projections):
+            departs = structure.departures and net.layers[proj.source].kind == "neuron"
             synapses[(layer.name, j)] = _synapses(plan, layer, j, groups[proj.source], group, replicas, spike_timing,
-                                                  clock, namespace, k)
+                                                  clock, namespace, k, structure, departs)
     objects = [*groups.values(), *synapses.values(), *monitors.values()]
-    built = BuiltNetwork(b2.Network(*objects, name="ttfs_network"), groups, synapses, monitors, table, layout, timing)
+    built = BuiltNetwork(b2.Network(*objects, name="ttfs_network"), groups, synapses, monitors, table, layout, timing,
+                         structure, tables)
     if setup is not None:
         extra = tuple(setup(built))
         built.network.add(*extra)
-        built = BuiltNetwork(built.network, groups, synapses, monitors, table, layout, timing, extra)
+        built = replace(built, extra=extra)
     return built
 
 
@@ -182,15 +217,30 @@ def _pool_group(layer: Layer, conn: Connectivity, replicas: int, spike_timing: s
 
 
 def _hidden_group(net: TTFSNetwork, layer: Layer, replicas: int, spike_timing: str, clock, namespace, name: str,
-                  timing: RoundTiming):
+                  timing: RoundTiming, structure: Structure, k: int):
     import brian2 as b2
 
     params = integrator(net, layer)
     threshold = eq.EXACT_THRESHOLD if net.variant == "exact" else eq.SPARSE_THRESHOLD[spike_timing]
     events = {"report": eq.REPORT_EVENT} if net.variant == "exact" else {}
-    group = b2.NeuronGroup(replicas * layer.size, eq.INTEGRATOR_MODEL, threshold=threshold,
-                           reset=eq.INTEGRATOR_RESET[spike_timing], method="euler", clock=clock, events=events,
-                           namespace=namespace, name=name)
+    explicit = structure.leak or structure.noise
+    model = eq.LEAKY_INTEGRATOR_MODEL if explicit else eq.INTEGRATOR_MODEL
+    reset = eq.INTEGRATOR_RESET[spike_timing]
+    if structure.departures:
+        model += eq.DEPARTURE_MODEL
+        reset += "\n" + eq.DEPARTURE
+        events["depart"] = eq.DEPART_EVENT
+    group = b2.NeuronGroup(replicas * layer.size, model, threshold=threshold, reset=reset, method="euler",
+                           clock=clock, events=events, namespace=namespace, name=name)
+    if explicit:
+        group.run_regularly(eq.LEAKY_STEP + (eq.NOISE_STEP if structure.noise else ""), when="groups",
+                            name=f"{name}_step")
+    if structure.departures:
+        group.run_on_event("depart", eq.DEPART_RESET, when="after_resets", order=10 * k + 4)
+        group.thresholder["depart"].when = "after_resets"
+        group.thresholder["depart"].order = 10 * k + 3
+        group.latency = structure.latency * b2.ms
+        group.q_unit = 1 * b2.ms
     group.alpha = np.tile(params.alpha, replicas)
     group.beta = np.tile(params.beta, replicas)
     group.theta = np.tile(params.theta, replicas)
@@ -200,12 +250,16 @@ def _hidden_group(net: TTFSNetwork, layer: Layer, replicas: int, spike_timing: s
     return group
 
 
-def _output_group(net: TTFSNetwork, layer: Layer, replicas: int, clock, namespace, name: str, timing: RoundTiming):
+def _output_group(net: TTFSNetwork, layer: Layer, replicas: int, clock, namespace, name: str, timing: RoundTiming,
+                  structure: Structure):
     import brian2 as b2
 
     params = integrator(net, layer)
-    group = b2.NeuronGroup(replicas * layer.size, eq.OUTPUT_MODEL, method="euler", clock=clock,
+    model = eq.LEAKY_OUTPUT_MODEL if structure.leak else eq.OUTPUT_MODEL
+    group = b2.NeuronGroup(replicas * layer.size, model, method="euler", clock=clock,
                            events={"readout": eq.END_OF_ROUND}, namespace=namespace, name=name)
+    if structure.leak:
+        group.run_regularly(eq.LEAKY_OUTPUT_STEP, when="groups", name=f"{name}_step")
     group.alpha = np.tile(params.alpha, replicas)
     for key in ("t_on", "t_off", "tau_c"):
         setattr(group, key, getattr(params, key) * b2.ms)
@@ -214,19 +268,27 @@ def _output_group(net: TTFSNetwork, layer: Layer, replicas: int, clock, namespac
 
 
 def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, spike_timing: str, clock, namespace,
-              k: int):
+              k: int, structure: Structure, departs: bool):
+    """The projection's synapses; from a neuron whose spikes depart (perturbations), on its ``depart`` event,
+    with the latency its departure already adds taken off the delay."""
     import brian2 as b2
 
     proj = layer.projections[j]
+    departure = "t_dep" if departs else "t_spike"
+    event = {"on_event": "depart"} if departs else {}
+    delay = proj.delay - (structure.latency if departs else 0.0)
     name = f"{plan.names[layer.name]}__from__{plan.names[proj.source]}"
     repeats = sum(p.source == proj.source for p in layer.projections[:j])
     name += f"_{repeats}" if repeats else ""  # a second projection from the same source
     if layer.kind == "maxpool":
-        syn = b2.Synapses(source, target, model=eq.POOL_SYNAPSE_MODEL, on_pre=eq.ON_PRE_POOL, clock=clock,
-                          namespace=namespace, delay=proj.delay * b2.ms, name=name)
+        syn = b2.Synapses(source, target, model=eq.POOL_SYNAPSE_MODEL, on_pre=eq.on_pre_pool(departure), clock=clock,
+                          namespace=namespace, delay=delay * b2.ms, name=name, **event)
     else:
-        syn = b2.Synapses(source, target, model=eq.SYNAPSE_MODEL, on_pre=eq.ON_PRE_INTEGRATOR[spike_timing],
-                          clock=clock, namespace=namespace, delay=proj.delay * b2.ms, name=name)
+        on_pre = eq.on_pre_integrator(spike_timing, departure, leaky=structure.leak or structure.noise)
+        if layer.kind == "output":
+            on_pre = eq.on_pre_integrator(spike_timing, departure, leaky=structure.leak)
+        syn = b2.Synapses(source, target, model=eq.SYNAPSE_MODEL, on_pre=on_pre, clock=clock, namespace=namespace,
+                          delay=delay * b2.ms, name=name, **event)
     # After the resets, so that the presynaptic t_spike is already set (SPEC section 6).
     syn.pre.when = "after_resets"
     syn.pre.order = 10 * k
@@ -235,11 +297,11 @@ def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, s
         syn.connect(i=pre, j=post)
         if layer.kind != "maxpool":
             syn.w = weight
-    syn.lag = proj.delay * b2.ms
+    syn.lag = delay * b2.ms
     return syn
 
 
-def _round_reset(group, kind: str, timing: RoundTiming, name: str) -> None:
+def _round_reset(group, kind: str, timing: RoundTiming, name: str, departures: bool) -> None:
     """Reset the per-sample state at the first step of every round.
 
     Brian2 runs two clocks in the same step only while their times agree to 1e-14 s (absolute); beyond
@@ -252,5 +314,6 @@ def _round_reset(group, kind: str, timing: RoundTiming, name: str) -> None:
     import brian2 as b2
 
     role = {"neuron": "hidden", "maxpool": "pool"}.get(kind, kind)
-    group.run_regularly(eq.ROUND_RESET[role], dt=timing.period_ms * (1 - ROUND_CLOCK_SHORTENING) * b2.ms,
-                        when="start", order=-100, name=f"{name}_round")
+    code = eq.ROUND_RESET[role] + ("\n" + eq.ROUND_RESET["departures"] if departures and kind == "neuron" else "")
+    group.run_regularly(code, dt=timing.period_ms * (1 - ROUND_CLOCK_SHORTENING) * b2.ms, when="start", order=-100,
+                        name=f"{name}_round")

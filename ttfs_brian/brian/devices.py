@@ -57,12 +57,18 @@ class RuntimeAdapter:
         network.store("initial")
         return 0.0
 
-    def run(self, built, t_in_ms: np.ndarray, period_ms: float) -> None:
+    def run(self, built, t_in_ms: np.ndarray, period_ms: float, assignments=(), tables=None) -> None:
+        """One round: the stored initial state, then this chunk's inputs, per-trial values and draws."""
         import brian2 as b2
 
         with self.activate():
             built.network.restore("initial")
             built.input_group.t_in = t_in_ms.reshape(-1) * b2.ms
+            for obj, name, value in assignments:
+                setattr(obj, name, value)
+            for layer, (eps, lost) in (tables or {}).items():
+                built.groups[layer].eps = eps.reshape(-1)
+                built.groups[layer].lost = np.asarray(lost).reshape(-1) > 0.5
             built.network.run(period_ms * b2.ms, namespace={})
 
 
@@ -136,11 +142,18 @@ class StandaloneAdapter:
             os.utime(makefile, ns=(before[1].st_atime_ns, before[1].st_mtime_ns))
         self._device.compile_source(str(self.build_dir), None, False, False)
 
-    def run(self, built, t_in_ms: np.ndarray, period_ms: float) -> None:
+    def run(self, built, t_in_ms: np.ndarray, period_ms: float, assignments=(), tables=None) -> None:
+        """One run of the binary: inputs, per-trial values and per-round tables through ``run_args``."""
         import brian2 as b2
 
-        self._device.run(directory=str(self.build_dir), with_output=False,
-                         run_args={built.table: t_in_ms.reshape(built.layout.rounds, -1) * b2.ms})
+        rounds = built.layout.rounds
+        run_args = {built.table: t_in_ms.reshape(rounds, -1) * b2.ms}
+        run_args.update({getattr(obj, name): value for obj, name, value in assignments})
+        for layer, (eps, lost) in (tables or {}).items():
+            eps_table, lost_table = built.tables[layer]
+            run_args[eps_table] = eps.reshape(rounds, -1)
+            run_args[lost_table] = np.asarray(lost).reshape(rounds, -1)
+        self._device.run(directory=str(self.build_dir), with_output=False, run_args=run_args)
         for name in list(self._device.run_args_arrays):  # the input table file is never needed again
             with contextlib.suppress(OSError):
                 os.remove(self.build_dir / "static_arrays" / name)

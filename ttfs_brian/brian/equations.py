@@ -87,12 +87,10 @@ ROUND_TIME = "tr = (timestep(t, dt) - round_step) * dt : second\nround_step : in
 
 
 # ----------------------------------------------------------------------------- integrating neurons
-INTEGRATOR_MODEL = f"""
-dv/dt = ((alpha + I) * f_in + beta * f_late) / tau_c : 1
+_INTEGRATOR_COMMON = f"""
 f_in = {_gate('t_on', 't_off')} : 1
 f_late = {_gate('t_late', 't_never')} : 1
 rate = (alpha + I) * int(tr + dt - tol * dt > t_on) * int(tr + dt - tol * dt < t_off) + beta * int(tr + dt - tol * dt > t_late) : 1
-t_cross = tr + dt - tau_c * (v - theta) / clip(rate, 1e-12, 1e300) : second
 I : 1
 alpha : 1 (constant)
 beta : 1 (constant)
@@ -108,9 +106,30 @@ t_fire : second (constant, shared)
 t_max : second (constant, shared)
 t_end : second (constant, shared)
 """ + ROUND_TIME
+
+INTEGRATOR_MODEL = ("dv/dt = ((alpha + I) * f_in + beta * f_late) / tau_c : 1\n"
+                    "t_cross = tr + dt - tau_c * (v - theta) / clip(rate, 1e-12, 1e300) : second" + _INTEGRATOR_COMMON)
 """``rate`` is the slope of ``v`` (per tau_c) at the end of the step, with the gates evaluated just
 before ``t + dt``; ``t_cross`` is where the line through ``v(t + dt)`` with that slope meets ``theta``
 (the floor on ``rate`` only keeps a degenerate, non-rising neuron from dividing by zero)."""
+
+LEAKY_INTEGRATOR_MODEL = """v : 1
+drive = (alpha + I) * f_in + beta * f_late : 1
+relax = rate / tau_c - v * inv_tau_m : Hz
+excess = clip((v - theta) * inv_tau_m / clip(relax, 1e-12 / ms, 1e300 / ms), -0.5, 1e300) : 1
+t_cross = tr + dt - (v - theta) / clip(relax, 1e-12 / ms, 1e300 / ms) * (log1p(excess) + int(excess == 0)) / (excess + int(excess == 0)) : second
+inv_tau_m : 1 / second (constant, shared)
+sigma_v : 1 (constant, shared)""" + _INTEGRATOR_COMMON
+"""The same neuron with a leak, ``dv/dt = rate / tau_c - v / tau_m`` (perturbation ``leak``; ``inv_tau_m =
+1 / tau_m``, 0: none), advanced by :data:`LEAKY_STEP`, which integrates a piecewise-constant rate exactly:
+``v(t + dt) = v e^{-dt / tau_m} + dt exprel(-dt / tau_m) rate / tau_c``. ``t_cross`` goes back along the
+exponential from ``v(t + dt)``: ``t + dt - tau_m ln((v_inf - theta) / (v_inf - v))``, written with ``log1p``
+so that it is the line of the non-leaky model when ``inv_tau_m = 0`` (``excess`` >= 0 at a crossing; the
+floor only keeps ``log1p`` finite for neurons far below threshold, whose ``t_cross`` is never used)."""
+
+LEAKY_STEP = "v = v * exp(-dt * inv_tau_m) + dt * exprel(-dt * inv_tau_m) * drive / tau_c"
+NOISE_STEP = " + sigma_v * sqrt(2 * dt / tau_c) * randn()"
+"""Membrane noise, ``dV = (...) dt + sigma_v sqrt(2 / tau_c) dW`` (Euler-Maruyama: ``dW = sqrt(dt) N(0, 1)``)."""
 
 OUTPUT_MODEL = f"""
 dv/dt = (alpha + I) * f_in / tau_c : 1
@@ -124,6 +143,33 @@ t_end : second (constant, shared)
 """ + ROUND_TIME
 """The output layer: no threshold; ``v`` stops at ``t_off = t_min(out)`` and is the logit
 (plus ``bias`` in ``sparse``, added when reading out)."""
+
+LEAKY_OUTPUT_MODEL = OUTPUT_MODEL.replace(
+    "dv/dt = (alpha + I) * f_in / tau_c : 1",
+    f"v : 1\ndrive = (alpha + I) * f_in : 1\nf_open = {_gate('-t_never', 't_off')} : 1\n"
+    "inv_tau_m : 1 / second (constant, shared)")
+LEAKY_OUTPUT_STEP = ("v = v * exp(-dt * f_open * inv_tau_m) + dt * exprel(-dt * f_open * inv_tau_m) * drive / tau_c")
+"""The output's ``v`` leaks only until the readout time ``t_off``, where it is frozen like the non-leaky one."""
+
+# ----------------------------------------------------------------------------- departures (perturbations)
+DEPARTURE_MODEL = """
+t_dep : second
+departed : boolean
+lost : boolean
+eps : second
+latency : second (constant, shared)
+q_origin : second (constant, shared)
+q_unit : second (constant, shared)
+q_on : boolean (constant, shared)
+"""
+"""Spikes that leave their neuron off their threshold crossing (perturbations ``spike_jitter``, ``time_bits``,
+``drop``; :mod:`ttfs_brian.perturb`): a spike at ``t_spike`` leaves at ``t_dep = ceil_grid(t_spike) + latency
++ eps`` (``eps >= -latency``), unless ``lost``; ``eps`` and ``lost`` come per round from tables."""
+
+DEPARTURE = ("t_dep = (q_origin + ceil((t_spike - q_origin) / q_unit - 1e-9) * q_unit) * int(q_on)"
+             " + t_spike * (1 - int(q_on)) + latency + eps")
+DEPART_EVENT = "spiked and not departed and not lost and tr + dt > t_dep"
+DEPART_RESET = "departed = True"
 
 #: variant ``exact`` (SPEC 3): first crossing after the gate opens, or a forced spike at ``t_max``.
 EXACT_THRESHOLD = "not spiked and tr > t_fire - 0.5 * dt and (v >= theta or tr + dt >= t_max - tol * dt)"
@@ -178,19 +224,22 @@ POOL_RESET = {
 SYNAPSE_MODEL = "w : 1 (constant)\nlag : second (constant, shared)"
 POOL_SYNAPSE_MODEL = "lag : second (constant, shared)"
 
-ON_PRE_INTEGRATOR = {
-    # I_post += w: the slope from the next step on; v_post += ...: the part of the current step
-    # after the spike, inside the target's input gate [t_on, t_off].
-    "precise": ("I_post += w\n"
-                "v_post += w * (clip(tr_post + dt, t_on_post, t_off_post) - clip(t_spike_pre + lag, t_on_post, t_off_post)) / tau_c_post"),
-    "grid": "I_post += w",
-}
+def on_pre_integrator(timing: str, departure: str = "t_spike", leaky: bool = False) -> str:
+    """I_post += w: the slope from the next step on; v_post += ...: (precise) the part of the current step
+    after the arrival ``departure_pre + lag``, inside the target's input gate [t_on, t_off] (with a leak,
+    that span is weighted by ``exprel`` as in :data:`LEAKY_STEP`)."""
+    if timing == "grid":
+        return "I_post += w"
+    span = f"(clip(tr_post + dt, t_on_post, t_off_post) - clip({departure}_pre + lag, t_on_post, t_off_post))"
+    gain = f" * exprel(-{span} * inv_tau_m_post)" if leaky else ""
+    return f"I_post += w\nv_post += w * {span}{gain} / tau_c_post"
 
-ON_PRE_POOL = (
-    "n_in_post += 1\n"
-    "t_first_post = clip(t_spike_pre + lag, -t_never, t_first_post)\n"  # min(t_first, arrival)
-    "t_last_post = clip(t_spike_pre + lag, t_last_post, t_never)"  # max(t_last, arrival)
-)
+
+def on_pre_pool(departure: str = "t_spike") -> str:
+    """Count the pool's inputs and keep their earliest and latest arrival."""
+    return ("n_in_post += 1\n"
+            f"t_first_post = clip({departure}_pre + lag, -t_never, t_first_post)\n"  # min(t_first, arrival)
+            f"t_last_post = clip({departure}_pre + lag, t_last_post, t_never)")  # max(t_last, arrival)
 
 # ----------------------------------------------------------------------------- rounds (time-multiplexing)
 # Every group counts time from its own round start (``tr`` above): a standalone run simulates K
@@ -202,6 +251,7 @@ NEW_ROUND = "round_step = timestep(t, dt)\n"
 ROUND_RESET = {
     "input": NEW_ROUND + "spiked = False\nt_in = t_in_table(t, i)",
     "hidden": NEW_ROUND + "v = 0\nI = 0\nspiked = False",
+    "departures": "departed = False\neps = eps_table(t, i)\nlost = lost_table(t, i) > 0.5",
     "pool": NEW_ROUND + "n_in = 0\nt_first = t_never\nt_last = -t_never\nspiked = False",
     "output": NEW_ROUND + "v = 0\nI = 0",
 }

@@ -19,20 +19,22 @@ from .builder import BuiltNetwork, Plan
 class Collector:
     """Accumulates the monitored values of every chunk of a batch of ``chunks * R * K`` samples."""
 
-    def __init__(self, plan: Plan, samples_per_run: int, chunks: int):
+    def __init__(self, plan: Plan, samples_per_run: int, chunks: int, net: TTFSNetwork | None = None):
         self.plan = plan
-        net = plan.net
+        self.net = net = plan.net if net is None else net  # with the latency of a spike jitter, if any
         total = chunks * samples_per_run
         # Flat arrays (sample-major) of what every sample needs: spike times and the output's v. The
         # neurons that crossed before t_min are few: kept as event lists (flat index, values).
         self.raw = {layer.name: np.full(total * layer.size, np.nan) for layer in net.layers.values()}
         self.crossed: dict[str, list[np.ndarray]] = {name: [] for name in net.layers}
         self.reports: dict[str, list[tuple[np.ndarray, ...]]] = {name: [] for name in net.layers}
+        self.lost: dict[str, list[np.ndarray]] = {name: [] for name in net.layers}
         self.meta: dict[str, dict] = {}
 
     def read(self, built: BuiltNetwork, offset: int, first: bool) -> None:
         """Take the monitors of the run that simulated samples ``offset ...`` (valid until the next run)."""
-        net = self.plan.net
+        net = self.net
+        departures = built.structure.departures
         for layer in net.layers.values():
             name, size = layer.name, layer.size
             if layer.is_output:
@@ -40,8 +42,12 @@ class Collector:
                 self.raw[name][(offset + sample) * size + neuron] = v
                 continue
             names = ("t_spike", "t_raw") if layer.kind == "neuron" else ("t_spike",)
+            if layer.kind == "neuron" and departures:
+                names += ("lost",)
             sample, neuron, values = _events(built, layer.name, size, "spikes", *names)
             flat = (offset + sample) * size + neuron
+            if layer.kind == "neuron" and departures:
+                self.lost[name].append(flat[values[2].astype(bool)])
             self.raw[name][flat] = values[0] * 1e3  # Brian2 stores seconds
             if layer.kind == "neuron":
                 self.crossed[name].append(flat[values[1] * 1e3 < layer.t_min - eq.TIME_EPS_MS])
@@ -59,10 +65,11 @@ class Collector:
                     in_round_0 = t * 1e3 < period - 0.5 * built.timing.dt  # sample 0 is round 0
                     self.meta.setdefault("traces", {})[name] = (t[in_round_0] * 1e3, np.asarray(v)[in_round_0].T.copy())
 
-    def result(self, n: int, input_clipped: np.ndarray, spike_timing: str, dt: float,
-               period_ms: float) -> SimulationResult:
-        """Spike times, logits and the report of the first ``n`` samples."""
-        net = self.plan.net
+    def result(self, n: int, input_clipped: np.ndarray, spike_timing: str, dt: float, period_ms: float,
+               input_lost: int = 0, leak: bool = False) -> SimulationResult:
+        """Spike times, logits and the report of the first ``n`` samples (``leak``: an ``exact`` neuron that
+        crosses before ``t_min`` counts as early, as in the analytic engine: a leaky neuron has no line)."""
+        net = self.net
         times: dict[str, np.ndarray] = {}
         records, reasons = [], no_flags(n)
         logits = None
@@ -78,10 +85,15 @@ class Collector:
                 logits = v + np.asarray(layer.arrays["bias"]).reshape(1, -1) if net.variant == "sparse" else v
                 continue
             clipped, early = self._flags(net, layer, values.size, n, input_clipped, period_ms)
+            if leak and net.variant == "exact":
+                early |= clipped
+                clipped[:] = False
             times[layer.name] = values.reshape(n, *layer.shape)
             clipped_n, early_n = (mask.reshape(n, -1).sum(axis=1) for mask in (clipped, early))
             worst = 0.0 if bound is None else float(bound.spike_ms[layer.name].max())
-            records.append(layer_record(layer.name, layer.kind, times[layer.name], clipped_n, early_n, worst))
+            lost = input_lost if layer.kind == "input" else sum(
+                int(np.count_nonzero(flat < n * layer.size)) for flat in self.lost[layer.name])
+            records.append(layer_record(layer.name, layer.kind, times[layer.name], clipped_n, early_n, worst, lost))
             note_layer_flags(reasons, layer.kind, clipped_n, early_n)
         assert logits is not None
         if bound is not None:

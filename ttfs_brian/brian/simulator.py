@@ -16,14 +16,15 @@ from typing import Any, Callable, Iterable
 import numpy as np
 from tqdm import tqdm
 
-from ..coding import input_spike_times
+from .. import perturb
 from ..cost import synaptic_events
 from ..errors import InputError
 from ..network import TTFSNetwork
 from ..result import SimulationResult
-from ..validation import finite, validate_inputs
-from . import builder, devices, layout
+from ..validation import finite, sample_indices, validate_inputs
+from . import builder, devices, layout, run_values
 from . import equations as eq
+from ..perturb import Perturbation
 from .builder import BuiltNetwork
 
 log = logging.getLogger(__name__)
@@ -71,6 +72,10 @@ class Simulator:
         ``built`` is the :class:`~ttfs_brian.brian.builder.BuiltNetwork` (``built.groups[layer]``,
         ``built.synapses[(layer, k)]``, neurons of replica ``r`` at ``r * layer.size ...``). They are in
         :attr:`extra` afterwards and hold the values of the last run.
+    perturbations:
+        Perturbations (:mod:`ttfs_brian.perturb`) the compiled network must support, so that runs with
+        them, at any level and seed, reuse one binary; a run needing more rebuilds (and logs it). By default
+        the first run's perturbations decide.
     """
 
     def __init__(self, net: TTFSNetwork, device: str = "runtime", timing: str = "precise", dt: float | None = 0.01,
@@ -79,7 +84,8 @@ class Simulator:
                  codegen_target: str | None = None, compute_capability: float | None = None,
                  rounds: int | None = None, max_spikes_per_run: int = layout.DEFAULT_MAX_SPIKES_PER_RUN,
                  record_v: dict[str, Any] | None = None,
-                 setup: Callable[[BuiltNetwork], Iterable[Any]] | None = None) -> None:
+                 setup: Callable[[BuiltNetwork], Iterable[Any]] | None = None,
+                 perturbations: Iterable[Perturbation] | None = None) -> None:
         if timing not in eq.TIMINGS:
             raise InputError(f"unknown timing {timing!r}; choose one of {eq.TIMINGS}")
         dt = net.dt if dt is None else dt
@@ -102,9 +108,9 @@ class Simulator:
         self.requested_rounds = None if rounds is None else int(rounds)
         self.record_v = {key: [int(i) for i in np.atleast_1d(value)] for key, value in (record_v or {}).items()}
         self.setup = setup
+        self.structure = run_values.structure_for(perturb.as_list(perturbations))
         self.plan = builder.plan(net)
-        latency = 0 if timing == "precise" else len(net.layers) + 1
-        self.round_timing = layout.round_timing(net.output_layer.t_min, self.dt, latency)
+        self.round_timing = self._round_timing()
         self.compilations = 0
         """Number of times Brian2 code was generated and compiled (standalone: must stay 1)."""
         self.built: BuiltNetwork | None = None
@@ -200,13 +206,15 @@ class Simulator:
 
     def _build(self, plan: layout.Layout) -> None:
         started = time.perf_counter()
+        structure = self.structure
+        timed = self.plan if not structure.latency else builder.plan(perturb.with_latency(self.net, structure.latency))
         log.info("building the Brian2 network (%s, %s timing, dt %g ms): %d replicas x %d rounds, %d synapses",
                  self.device, self.timing, self.dt, plan.replicas, plan.rounds, plan.replicas * self.synapses_per_sample)
         if self.adapter.multiplexed:
             log.info("generating and compiling the %s project (tens of seconds, once per simulator)", self.device)
         with self.adapter.activate():
-            built = builder.build(self.plan, plan, self.round_timing, self.timing, self.adapter.clock(self.dt),
-                                  self.adapter.multiplexed, self.record_v, self.setup)
+            built = builder.build(timed, plan, self.round_timing, self.timing, self.adapter.clock(self.dt),
+                                  self.adapter.multiplexed, self.record_v, self.setup, structure)
             # Half a step short of K P: the round clock (shorter than P) must not tick a K+1-th time. When a
             # whole run lasts less than 10 ms, that extra tick lies within Brian2's absolute clock epsilon
             # (1e-14 s) of K P and dragged the simulation clock into an extra step, in which the inputs of
@@ -219,26 +227,35 @@ class Simulator:
         log.info("built %s network: build %.2f s, compile %.2f s", self.device, self._build_s, self._compile_s)
 
     # ------------------------------------------------------------------ running
-    def _encode(self, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Input spike times (ms; silent = NEVER) and the clipped mask, as in the analytic engine."""
-        times, clipped = input_spike_times(self.net, data)
-        return np.nan_to_num(times, nan=eq.NEVER_MS).reshape(data.shape[0], -1), clipped
+    def run(self, x: np.ndarray, perturbation=None, indices: np.ndarray | None = None) -> SimulationResult:
+        """Simulate a batch ``x`` of shape ``(N, *input_shape)`` (raw inputs, as for the ReLU network).
 
-    def run(self, x: np.ndarray) -> SimulationResult:
-        """Simulate a batch ``x`` of shape ``(N, *input_shape)`` (raw inputs, as for the ReLU network)."""
+        ``perturbation``: a :class:`~ttfs_brian.perturb.Perturbation` or a list; ``indices``: the samples'
+        global indices, on which per-sample draws depend (default ``0 .. N-1``).
+        """
         from .readout import Collector
 
         data = validate_inputs(self.net, x)
         n = data.shape[0]
-        t_in, input_clipped = self._encode(data)
-        if not self.compiled:
+        perturbations = perturb.as_list(perturbation)
+        indices = sample_indices(indices, n)
+        needed = run_values.structure_for(perturbations)
+        if self.built is not None and not self.built.structure.covers(needed):
+            log.warning("this simulator was built for %s; rebuilding for %s (pass perturbations= when creating the "
+                        "Simulator to compile once)", self.built.structure, needed)
+            self.built = None
+        if self.built is None:
+            self.structure = needed if not self.compilations else _union(self.structure, needed)
+            self.round_timing = self._round_timing()
             self._build(self._layout(n))
         built = self.built
+        timed_net = perturb.with_latency(self.net, self.structure.latency) if self.structure.latency else self.net
+        values = run_values.run_values(timed_net, self.plan, perturbations, data, indices)
         per_run = built.layout.samples_per_run
         chunks = built.layout.runs(n)
-        padded = np.full((chunks * per_run, t_in.shape[1]), eq.NEVER_MS)
-        padded[:n] = t_in
-        collector = Collector(self.plan, per_run, chunks)
+        padded = values.padded(chunks * per_run)
+        assignments = run_values.assignments(built, values)
+        collector = Collector(self.plan, per_run, chunks, timed_net)
         started = time.perf_counter()
         progress = tqdm(total=chunks, unit="run", desc=f"Brian2 {self.device}", disable=None, leave=False)
         if not self.adapter.multiplexed and self._runs == 0:
@@ -247,19 +264,32 @@ class Simulator:
             log.info("first runtime run: Brian2 generates and compiles its code objects (%s target); this can take "
                      "minutes and is cached for later runs", self.adapter.codegen_target or "default")
         for chunk in range(chunks):
-            self.adapter.run(built, padded[chunk * per_run:(chunk + 1) * per_run], self.period_ms())
+            part = slice(chunk * per_run, (chunk + 1) * per_run)
+            self.adapter.run(built, padded.t_in[part], self.period_ms(), assignments,
+                             run_values.tables(built, padded, part))
             self._runs += 1
             collector.read(built, chunk * per_run, first=chunk == 0)
             progress.set_description(f"Brian2 {self.device}")
             progress.update()
         progress.close()
         run_s = time.perf_counter() - started
-        result = collector.result(n, input_clipped, self.timing, self.dt, self.period_ms())
+        result = collector.result(n, values.input_clipped, self.timing, self.dt, self.period_ms(), values.input_lost,
+                                  leak=self.structure.leak and any(p.kind == "leak" for p in perturbations))
         result.meta.update(
             device=self.device, timing=self.timing, dt=self.dt, build_s=self._build_s, compile_s=self._compile_s,
             run_s=run_s, replicas=built.layout.replicas, rounds=built.layout.rounds, chunks=chunks,
             compilations=self.compilations, n_synapses=self.synapses_per_sample,
             n_synapses_compiled=built.layout.replicas * self.synapses_per_sample, period_ms=self.period_ms(),
-            build_dir=None if self.build_dir is None else str(self.build_dir))
+            build_dir=None if self.build_dir is None else str(self.build_dir),
+            perturbation=[p.describe() for p in perturbations])
         result.meta["synaptic_events"] = synaptic_events(self.net, result, self.plan.connections)
         return result
+
+    def _round_timing(self) -> layout.RoundTiming:
+        net = perturb.with_latency(self.net, self.structure.latency) if self.structure.latency else self.net
+        latency = 0 if self.timing == "precise" else len(net.layers) + 1
+        return layout.round_timing(net.output_layer.t_min, self.dt, latency)
+
+
+def _union(a: builder.Structure, b: builder.Structure) -> builder.Structure:
+    return builder.Structure(a.leak or b.leak, a.noise or b.noise, a.departures or b.departures, b.latency)
