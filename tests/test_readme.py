@@ -26,3 +26,13 @@ def test_graph_example_runs(block):
     setup = next(b for b in BLOCKS if b.startswith("import ttfs_brian")).split("net = ttfs_brian.convert")[0]
     exec(compile(setup + block, "README graph example", "exec"), namespace)
     assert namespace["net"].meta["delay_ms"] == pytest.approx(0.4)
+
+
+def test_perturbation_example_runs():
+    namespace: dict = {}
+    usage = next(b for b in BLOCKS if b.startswith("import ttfs_brian")).split("net = ttfs_brian.convert")[0]
+    block = next(b for b in BLOCKS if "Perturbation(" in b)
+    exec(compile(usage + block, "README perturbation example", "exec"), namespace)
+    table = namespace["ttfs_brian"].compare(namespace["res_a"], namespace["res_b"])
+    assert table["max_abs_dt_ms"].iloc[:-1].max() < 1e-9 and table.attrs["agreement"] == 1.0
+    assert namespace["res_a"].report["dropped"].sum() > 0

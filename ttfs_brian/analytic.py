@@ -5,8 +5,8 @@ For an integrating layer with the parameters of :mod:`ttfs_brian.neuron` (``alph
 values ``x_j`` of its inputs (every projection's spikes arrive at ``t_min - x_j``, delays included;
 ``x_j`` clamped to ``[0, B_in]`` because integration starts at ``t_on``):
 
-``sparse``:  ``V(t_min) = sum_j W_j x_j``, then slope 1, so the value is ``V(t_min) - theta + B``
-(silent when <= 0, clipped when > B).
+``sparse``:  ``V(t_min) = sum_j W_j x_j``, then the drive ``beta`` (1), so the value is
+``B - (theta - V(t_min)) / beta`` (silent when <= 0, clipped when > B).
 
 ``exact``:   once all inputs have arrived, ``V(t) = V_end + s (t - t_min)`` with
 ``V_end = alpha B_in + sum_j J_j x_j`` and ``s = alpha + sum_j J_j`` (padding included), so the
@@ -156,8 +156,8 @@ def _per_neuron(array: np.ndarray, layer: Layer) -> torch.Tensor:
 def _sparse_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]):
     params = integrator(net, layer)
     b = net.window_length(layer)
-    y = _synaptic(layer, _inputs(net, layer, values, params))
-    y.sub_(_per_neuron(params.theta, layer)).add_(b)  # b - (theta - V(t_min))
+    v = _synaptic(layer, _inputs(net, layer, values, params))
+    y = b - (_per_neuron(params.theta, layer) - v) / _per_neuron(params.beta, layer)  # drive beta from t_min
     clipped = y > b
     return y.clamp_(0.0, b), clipped
 

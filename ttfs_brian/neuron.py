@@ -21,7 +21,9 @@ the input layer for a chain), so an input that arrives earlier acts from ``t_0``
 clamped to the window). Padding is SPEC's rule that a zero-padded input spikes at the end of its
 window, i.e. arrives at ``t_min(n)``. A hidden neuron fires once, at the first ``t >= t_fire`` with
 ``v >= theta`` (``sparse``: only before ``t_max``; ``exact``: forced at ``t_max``). The output's
-``v(t_min(out))`` is the logit (plus ``bias`` in ``sparse``). NumPy only.
+``v(t_min(out))`` is the logit (plus ``bias`` in ``sparse``). A hidden layer's optional array ``alpha``
+(perturbation ``alpha_mismatch``) replaces the nominal drive 1: ``exact``'s alpha, ``sparse``'s beta.
+NumPy only.
 """
 from __future__ import annotations
 
@@ -74,5 +76,6 @@ def integrator(net: TTFSNetwork, layer: Layer) -> Integrator:
                    np.zeros(layer.shape)).reshape(-1)
         return Integrator(np.broadcast_to(alpha, (size,)).copy(), beta, theta, t_on, NEVER_MS, layer.t_min, t_on,
                           layer.t_max, net.tau_c)
-    return Integrator(np.zeros(size), np.ones(size), theta, t_on, layer.t_min, layer.t_min, layer.t_min, layer.t_max,
-                      net.tau_c)
+    drive = np.asarray(layer.arrays.get("alpha", np.ones(layer.shape)), dtype=np.float64).reshape(-1)
+    return Integrator(np.zeros(size), np.broadcast_to(drive, (size,)).copy(), theta, t_on, layer.t_min, layer.t_min,
+                      layer.t_min, layer.t_max, net.tau_c)

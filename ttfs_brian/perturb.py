@@ -46,7 +46,7 @@ BRIAN2_ONLY = ("membrane_noise",)
 OPTIONS = {"spike_jitter": {"latency_ms"}, "time_bits": {"resolution_ms"}}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, init=False)
 class Perturbation:
     """One perturbation: ``kind`` (a key of :data:`KINDS`), its ``level`` and ``seed``; times in ms.
 
@@ -74,7 +74,15 @@ class Perturbation:
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
+    def __init__(self, kind: str, level: float, seed: int = 0, options: dict[str, Any] | None = None,
+                 **more: Any) -> None:
+        object.__setattr__(self, "kind", kind)
+        object.__setattr__(self, "level", level)
+        object.__setattr__(self, "seed", int(seed))
+        object.__setattr__(self, "options", {**(options or {}), **more})
+        self._check()
+
+    def _check(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"unknown perturbation kind {self.kind!r}; choose one of {sorted(KINDS)}")
         level = float(self.level)

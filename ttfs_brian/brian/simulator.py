@@ -245,7 +245,7 @@ class Simulator:
                         "Simulator to compile once)", self.built.structure, needed)
             self.built = None
         if self.built is None:
-            self.structure = needed if not self.compilations else _union(self.structure, needed)
+            self.structure = _union(self.structure, needed)
             self.round_timing = self._round_timing()
             self._build(self._layout(n))
         built = self.built
@@ -292,4 +292,5 @@ class Simulator:
 
 
 def _union(a: builder.Structure, b: builder.Structure) -> builder.Structure:
+    """Everything either needs; the latency is the newer one's (a network is timed for one latency)."""
     return builder.Structure(a.leak or b.leak, a.noise or b.noise, a.departures or b.departures, b.latency)
