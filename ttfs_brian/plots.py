@@ -116,7 +116,8 @@ def potential_traces(net: TTFSNetwork, result: SimulationResult, key: str, path:
     if neurons is None:
         order = np.argsort(result.spike_times[key][sample].reshape(-1))
         neurons = np.concatenate([order[:4], order[-1:]])
-    times = np.linspace(integrator(net, layer).t_on, layer.t_max, 800)
+    t_on = integrator(net, layer).t_on
+    times = np.linspace(t_on, layer.t_max, 800)
     potential = exact_potential(net, result, key, sample, neurons, times)
     fig, ax = plt.subplots(figsize=(8, 4))
     colors = plt.cm.tab10(np.arange(len(neurons)))
@@ -132,7 +133,7 @@ def potential_traces(net: TTFSNetwork, result: SimulationResult, key: str, path:
             keep = t_b <= spike
             ax.plot(t_b[keep][::10], v_b[keep][::10] / theta, ".", color=color, ms=3)
     ax.axhline(1.0, color="k", ls=":", lw=0.8)
-    for edge, label in ((pred.t_min, "input window opens"), (layer.t_min, "t_min"), (layer.t_max, "t_max")):
+    for edge, label in ((t_on, "input window opens"), (layer.t_min, "t_min"), (layer.t_max, "t_max")):
         ax.axvline(edge, color="gray", lw=0.8, ls="--")
         ax.text(edge, ax.get_ylim()[1], f" {label}", fontsize=7, va="top")
     ax.set_xlabel("time (ms)")
@@ -143,7 +144,8 @@ def potential_traces(net: TTFSNetwork, result: SimulationResult, key: str, path:
 
 
 def lenet_figures(out_dir: str | Path, sample: int = 0, brian: bool = False, n: int = 200) -> list[Path]:
-    """The four figures of the bundled LeNet-5 on MNIST test digits (exact variant)."""
+    """The four figures of the bundled LeNet-5 on MNIST test digits (exact variant); with ``brian``, the
+    membrane potentials that Brian2 (runtime, precise timing) records are overlaid on the closed form."""
     from . import data, zoo
     from .analytic import simulate_analytic
     from .converter import convert
@@ -156,10 +158,20 @@ def lenet_figures(out_dir: str | Path, sample: int = 0, brian: bool = False, n: 
     net = convert(model, mnist.x_train, variant="exact", dt=0.01)
     result = simulate_analytic(net, x)
     _, refs = reference_values(net, model, x)
+    order = np.argsort(result.spike_times["classifier.3"][sample].reshape(-1))
+    neurons = np.concatenate([order[:4], order[-1:]])
+    traces = None
+    if brian:
+        from .brian import Simulator
+
+        recorded = Simulator(net, dt=0.01, codegen_target="numpy", record_v={"classifier.3": neurons}).run(
+            x[sample:sample + 1]).meta["traces"]["classifier.3"]
+        traces = {int(neuron): (recorded[0], recorded[1][i]) for i, neuron in enumerate(neurons)}
     paths = [
         raster(net, result, out_dir / "raster_lenet5.png", sample=sample,
                title=f"One test digit (label {mnist.y_test[sample]}) through LeNet-5, exact variant"),
-        potential_traces(net, result, "classifier.3", out_dir / "traces_lenet5.png", sample=sample),
+        potential_traces(net, result, "classifier.3", out_dir / "traces_lenet5.png", sample=sample, neurons=neurons,
+                         brian_traces=traces),
         activation_scatter(net, result, refs["features.6"], "features.6", out_dir / "scatter_lenet5.png"),
         spike_time_histogram(net, result, out_dir / "histogram_lenet5.png"),
     ]
