@@ -19,6 +19,8 @@ from ttfs_brian.projection import Projection
 from helpers import ResidualNet, randomize_batchnorm
 
 TOL_MS = 1e-9
+DT = 0.05
+"""Precise timing is exact at any step once windows are multiples of it; a coarse one keeps the tests fast."""
 LEVELS = {  # two levels per kind (leak: tau_m in ms; bits: levels)
     "input_jitter": (0.02, 0.1), "spike_jitter": (0.02, 0.1), "alpha_mismatch": (0.01, 0.1),
     "threshold_mismatch": (0.01, 0.1), "weight_noise": (0.01, 0.1), "weight_bits": (8, 3), "time_bits": (8, 4),
@@ -48,8 +50,8 @@ def nets():
     x8 = np.random.default_rng(3).random((40, 1, 8, 8)).astype(np.float32)
     out = {}
     for variant in ("exact", "sparse"):
-        out[("conv", variant)] = (ttfs_brian.convert(conv_net(), x6, variant=variant, dt=0.01), x6[:4])
-        out[("residual", variant)] = (ttfs_brian.convert(residual_net(), x8, variant=variant, dt=0.01), x8[:3])
+        out[("conv", variant)] = (ttfs_brian.convert(conv_net(), x6, variant=variant, dt=DT), x6[:4])
+        out[("residual", variant)] = (ttfs_brian.convert(residual_net(), x8, variant=variant, dt=DT), x8[:3])
     return out
 
 
@@ -88,10 +90,10 @@ def test_level_zero_is_the_unperturbed_network(kind, nets):
 
 @pytest.mark.parametrize("name", ["conv", "residual"])
 @pytest.mark.parametrize("variant", ["exact", "sparse"])
-def test_engines_agree_spike_by_spike_under_every_kind(name, variant, nets):
-    """Analytic and Brian2 precise (runtime) on one simulator compiled for every kind, two levels each."""
+def test_engines_agree_spike_by_spike_under_every_kind(name, variant, nets, tmp_path):
+    """Analytic and Brian2 precise (cpp_standalone) on one binary compiled for every kind, two levels each."""
     net, x = nets[(name, variant)]
-    sim = Simulator(net, dt=0.01, codegen_target="numpy", perturbations=ALL)
+    sim = Simulator(net, device="cpp_standalone", dt=DT, build_dir=tmp_path, perturbations=ALL)
     for kind, levels in LEVELS.items():
         for level in levels:
             p = Perturbation(kind, level, seed=7)
@@ -106,12 +108,22 @@ def test_engines_agree_spike_by_spike_under_every_kind(name, variant, nets):
 
 
 @pytest.mark.parametrize("variant", ["exact", "sparse"])
+def test_runtime_device_agrees_under_every_kind(variant, nets):
+    net, x = nets[("conv", variant)]
+    sim = Simulator(net, dt=DT, codegen_target="numpy", perturbations=ALL)
+    for kind, levels in LEVELS.items():
+        p = Perturbation(kind, levels[1], seed=3)
+        assert_same(simulate_analytic(net, x[:2], perturbation=p), sim.run(x[:2], perturbation=p))
+    assert sim.compilations == 1
+
+
+@pytest.mark.parametrize("variant", ["exact", "sparse"])
 def test_cpp_standalone_compiles_once_for_kinds_levels_and_seeds(variant, nets, tmp_path):
     """3 kinds x 3 levels x 2 seeds (and a combination) on one binary, every spike as the analytic engine."""
     net, x = nets[("residual", variant)]
     kinds = {"spike_jitter": (0.01, 0.05, 0.1), "weight_noise": (0.01, 0.05, 0.1), "drop": (0.05, 0.1, 0.3)}
     hint = [Perturbation(kind, levels[0]) for kind, levels in kinds.items()]
-    sim = Simulator(net, device="cpp_standalone", dt=0.01, build_dir=tmp_path, perturbations=hint)
+    sim = Simulator(net, device="cpp_standalone", dt=DT, build_dir=tmp_path, perturbations=hint)
     for kind, levels in kinds.items():
         for level in levels:
             for seed in (0, 1):
@@ -130,7 +142,7 @@ def test_jitter_with_latency_keeps_spikes_causal_and_engines_agree(nets, tmp_pat
     shifted = simulate_analytic(net, x, perturbation=Perturbation("spike_jitter", 0.0, options={"latency_ms": 0.2}))
     assert shifted.meta["perturbation"][0]["latency_ms"] == 0.2
     np.testing.assert_allclose(shifted.logits, simulate_analytic(net, x).logits, rtol=0, atol=1e-9)  # D alone: exact
-    for dt, device in ((0.01, "runtime"), (0.05, "cpp_standalone")):
+    for dt, device in ((0.05, "runtime"), (0.1, "cpp_standalone")):
         kw = {"codegen_target": "numpy"} if device == "runtime" else {"build_dir": tmp_path}
         net_dt = ttfs_brian.convert(conv_net(), np.random.default_rng(2).random((40, 1, 6, 6)).astype(np.float32),
                                     variant="exact", dt=dt)

@@ -143,6 +143,28 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .study import REFERENCE_KINDS, Study, run_study, write_report
+
+    study = Study.from_toml(args.study) if args.study else Study()
+    for name in ("models", "variants", "engines", "trials", "samples", "brian_samples", "shard", "dt"):
+        value = getattr(args, name)
+        if value is not None:
+            setattr(study, name, value)
+    if args.kinds:
+        study.kinds = {kind: dict(study.kinds.get(kind, REFERENCE_KINDS.get(kind, {"levels": []})))
+                       for kind in args.kinds}
+    if args.levels:
+        for spec in study.kinds.values():
+            spec["levels"] = args.levels
+    args.output.mkdir(parents=True, exist_ok=True)
+    rows = run_study(study, args.output / "rows.csv", scheduler=args.scheduler, workers=args.workers)
+    if not args.no_report:
+        print(f"wrote {write_report(study, rows, args.output)}")
+    print(f"{len(rows)} cells in {args.output / 'rows.csv'}")
+    return 0
+
+
 def cmd_build(args: argparse.Namespace) -> int:
     from .brian import Simulator
     from .network import load
@@ -258,6 +280,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-test", type=int, help="limit the test samples (default: the whole test split)")
     p.add_argument("--build-dir", type=Path, help="keep the Brian2 standalone projects here")
     p.set_defaults(func=cmd_table)
+
+    p = _subparser(sub, "sweep", "run a robustness study on Dask (resumable: cells already in the output are kept)")
+    p.add_argument("study", nargs="?", help="TOML file describing the study (default: SPEC's reference grid on LeNet-5)")
+    p.add_argument("-o", "--output", type=Path, default=Path("results/robustness"),
+                   help="folder for rows.csv, summary.csv, the figures and README.md")
+    p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT); default: a local cluster")
+    p.add_argument("--workers", type=int, default=2, help="workers of the local cluster (one thread each)")
+    p.add_argument("--models", nargs="*", help="ARCH_DATASET names (e.g. lenet5_mnist5k)")
+    p.add_argument("--variants", nargs="*", help="exact and/or sparse")
+    p.add_argument("--engines", nargs="*", help="analytic and/or brian2 (cpp_standalone, precise timing)")
+    p.add_argument("--kinds", nargs="*", help="perturbation kinds, or zeta (default: the reference grid)")
+    p.add_argument("--levels", type=float, nargs="*", help="levels for every kind (default: each kind's reference levels)")
+    p.add_argument("--trials", type=int, help="seeds per level")
+    p.add_argument("--samples", type=int, help="test samples for the analytic engine (default: the whole split)")
+    p.add_argument("--brian-samples", type=int, help="test samples for Brian2")
+    p.add_argument("--shard", type=int, help="test samples per cell")
+    p.add_argument("--dt", type=float, help="Brian2 time step and window alignment (ms)")
+    p.add_argument("--no-report", action="store_true", help="rows only: no summary, figures or README")
+    p.set_defaults(func=cmd_sweep)
 
     p = _subparser(sub, "plot", "figures of one test digit travelling through the bundled LeNet-5")
     p.add_argument("-o", "--output", type=Path, default=Path("results/figures"), help="folder for the figures")

@@ -172,6 +172,8 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
                                                               name=f"{name}_trace")
         groups[layer.name] = group
         for j, proj in enumerate(layer.projections):
+            if not plan.connections[(layer.name, j)].n_synapses:
+                continue  # every weight 0: nothing to build (Brian2 refuses empty Synapses)
             departs = structure.departures and net.layers[proj.source].kind == "neuron"
             synapses[(layer.name, j)] = _synapses(plan, layer, j, groups[proj.source], group, replicas, spike_timing,
                                                   clock, namespace, k, structure, departs)
@@ -293,10 +295,9 @@ def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, s
     syn.pre.when = "after_resets"
     syn.pre.order = 10 * k
     pre, post, weight = cn.replicate(plan.connections[(layer.name, j)], replicas)
-    if pre.size:
-        syn.connect(i=pre, j=post)
-        if layer.kind != "maxpool":
-            syn.w = weight
+    syn.connect(i=pre, j=post)
+    if layer.kind != "maxpool":
+        syn.w = weight
     syn.lag = delay * b2.ms
     return syn
 

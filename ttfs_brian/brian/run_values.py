@@ -102,7 +102,9 @@ def assignments(built: BuiltNetwork, values: RunValues) -> list[tuple[Any, str, 
     for (key, name), array in values.variables.items():
         if "#" in key:
             layer, k = key.split("#")
-            obj = built.synapses[(layer, int(k))]
+            obj = built.synapses.get((layer, int(k)))
+            if obj is None:  # a projection without synapses
+                continue
         else:
             obj = built.groups[key]
         out.append((obj, name, np.tile(array, replicas)))

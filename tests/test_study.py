@@ -1,0 +1,143 @@
+"""Robustness studies on Dask (issue #8): a real scheduler and workers, a worker and the client killed mid-sweep."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from ttfs_brian.study import KEY, Study, run_study
+
+DASK = Path(sys.executable).parent / "dask"
+STUDY = """
+[study]
+models = ["digits_net_digits"]
+variants = ["exact", "sparse"]
+engines = ["analytic"]
+trials = 3
+samples = 120
+shard = 40
+
+[kinds.spike_jitter]
+levels = [0.001, 0.05]
+latency_ms = 0.2
+
+[kinds.zeta]
+levels = [-0.5, 0.5]
+"""
+CELLS = 2 * 2 * 2 * 3 * 3  # variants x kinds x levels x trials x shards
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def spawn(*args, log: Path) -> subprocess.Popen:
+    return subprocess.Popen([str(a) for a in args], stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait(timeout=30)
+
+
+def rows_in(path: Path) -> int:
+    return max(0, len(path.read_text().splitlines()) - 1) if path.exists() else 0
+
+
+def wait_for(condition, timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            raise TimeoutError(what)
+        time.sleep(0.2)
+
+
+def sweep(study: Path, out: Path, scheduler: str, log: Path) -> subprocess.Popen:
+    return spawn(sys.executable, "-m", "ttfs_brian.cli", "-v", "sweep", study, "-o", out, "--scheduler", scheduler,
+                 "--no-report", log=log)
+
+
+def assert_every_cell_once(rows_csv: Path) -> pd.DataFrame:
+    rows = pd.read_csv(rows_csv)
+    assert len(rows) == CELLS, len(rows)
+    assert not rows.duplicated(KEY).any()
+    assert (rows["row_complete"] == 1).all()
+    return rows
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    scheduler = spawn(DASK, "scheduler", "--host", "127.0.0.1", "--port", port, "--no-dashboard",
+                      log=tmp_path / "scheduler.log")
+    workers = [spawn(DASK, "worker", address, "--nthreads", 1, "--no-dashboard", "--memory-limit", "4GB",
+                     "--name", f"w{k}", log=tmp_path / f"worker{k}.log") for k in range(2)]
+    try:
+        from distributed import Client
+
+        wait_for(lambda: scheduler.poll() is None and "Scheduler at" in (tmp_path / "scheduler.log").read_text(),
+                 60, "scheduler start")
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=120)
+        yield address, workers
+    finally:
+        for process in [*workers, scheduler]:
+            kill(process)
+
+
+def test_killed_worker_loses_no_cell(cluster, tmp_path):
+    address, workers = cluster
+    (tmp_path / "study.toml").write_text(STUDY)
+    out = tmp_path / "out"
+    client = sweep(tmp_path / "study.toml", out, address, tmp_path / "sweep.log")
+    try:
+        wait_for(lambda: rows_in(out / "rows.csv") >= 3, 300, "first rows")
+        kill(workers[0])  # mid-sweep: its tasks are rescheduled on the other worker
+        assert client.wait(timeout=600) == 0, (tmp_path / "sweep.log").read_text()[-3000:]
+    finally:
+        kill(client)
+    rows = assert_every_cell_once(out / "rows.csv")
+    assert set(rows["kind"]) == {"spike_jitter", "zeta"}
+
+
+def test_killed_client_resumes_without_repeating(cluster, tmp_path):
+    address, _ = cluster
+    (tmp_path / "study.toml").write_text(STUDY)
+    out = tmp_path / "out"
+    first = sweep(tmp_path / "study.toml", out, address, tmp_path / "first.log")
+    try:
+        wait_for(lambda: rows_in(out / "rows.csv") >= 5, 300, "first rows")
+    finally:
+        kill(first)  # the client dies; rows already written stay
+    done = rows_in(out / "rows.csv")
+    assert 5 <= done < CELLS
+    second = sweep(tmp_path / "study.toml", out, address, tmp_path / "second.log")
+    assert second.wait(timeout=600) == 0, (tmp_path / "second.log").read_text()[-3000:]
+    assert_every_cell_once(out / "rows.csv")
+    resumed = re.search(r"(\d+) already in .*, (\d+) to run", (tmp_path / "second.log").read_text())
+    assert resumed and int(resumed.group(1)) >= 5 and int(resumed.group(1)) + int(resumed.group(2)) == CELLS
+
+
+def test_study_grid_toml_and_local_cluster(tmp_path):
+    (tmp_path / "study.toml").write_text(STUDY)
+    study = Study.from_toml(tmp_path / "study.toml")
+    assert len(study.cells({"digits": 500})) == CELLS
+    study.kinds = {"drop": {"levels": [0.1]}}
+    study.trials, study.samples, study.shard = 2, 60, 60
+    rows = run_study(study, tmp_path / "rows.csv", workers=1)
+    assert len(rows) == 2 * 2 and (rows["dropped"] > 0).all()
+    again = run_study(study, tmp_path / "rows.csv", workers=1)  # nothing left to run
+    assert again.equals(rows)

@@ -1,0 +1,312 @@
+"""Robustness studies: a grid of perturbed simulations, run on Dask, resumable, aggregated and plotted.
+
+A study is model x variant x engine x kind x level x trial (seed) x shard of test samples; each
+:class:`Cell` is one Dask task (``dask.distributed``: a ``LocalCluster`` by default, or an existing
+scheduler) whose row the client appends to a CSV as soon as the task finishes
+(:class:`~ttfs_brian.store.RowStore`, keyed by the cell), so a rerun computes only the missing cells,
+a killed client resumes with no cell lost or repeated, and Dask retries the tasks of a killed worker.
+Every perturbation draw depends only on (seed, kind, sample index) (:mod:`ttfs_brian.perturb`), so
+shards, workers and engines see the same noise. Workers keep converted networks and Brian2 simulators
+per process: one compiled binary per network and structure, whatever the level or seed.
+
+``kind = "zeta"`` is the window margin: a conversion parameter, so its cells reconvert.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import tomllib
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import InputError
+from .perturb import KINDS, Perturbation
+from .store import RowStore
+
+log = logging.getLogger(__name__)
+
+JITTER_LEVELS = (5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.03, 0.05)
+REFERENCE_KINDS: dict[str, dict[str, Any]] = {
+    "spike_jitter": {"levels": JITTER_LEVELS, "latency_ms": 0.2},
+    "input_jitter": {"levels": JITTER_LEVELS},
+    "alpha_mismatch": {"levels": (5e-6, 1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3)},
+    "zeta": {"levels": (-0.7, -0.6, -0.5, -0.4, -0.3, 0.0, 0.5)},
+}
+"""The reference grid of SPEC section 8 (IBM's reference code: 16 trials each). Spike jitter gets a latency
+of 0.2 ms, four times its largest sigma, so that the truncation at ``-D`` keeps it Gaussian and causal."""
+TIME_KINDS = ("spike_jitter", "input_jitter")
+"""Kinds whose level is a time (ms); the others are relative (mismatch) or a margin (zeta)."""
+
+COLUMNS = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples", "accuracy",
+           "agreement", "flagged", "spikes_per_neuron", "dropped", "mean_abs_dt_ms", "max_abs_dt_ms", "level_ms",
+           "level_rel_min", "level_rel_max", "layers", "wall_s"]
+KEY = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples"]
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One task: test samples ``start .. start + samples`` (shard ``shard``) of one model, variant, engine,
+    kind and level, with the perturbation's seed ``trial``."""
+
+    model: str
+    dataset: str
+    variant: str
+    engine: str
+    kind: str
+    level: float
+    trial: int
+    shard: int
+    samples: int
+    start: int = 0
+    options: tuple = ()
+    dt: float = 0.2
+
+    @property
+    def key(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in KEY}
+
+    def perturbation(self) -> Perturbation | None:
+        if self.kind == "zeta":
+            return None
+        return Perturbation(self.kind, self.level, seed=self.trial, **dict(self.options))
+
+
+@dataclass
+class Study:
+    """The grid (see the module docstring); :meth:`from_toml` reads it from a file."""
+
+    models: list[str] = field(default_factory=lambda: ["lenet5_mnist5k"])
+    variants: list[str] = field(default_factory=lambda: ["exact", "sparse"])
+    engines: list[str] = field(default_factory=lambda: ["analytic"])
+    kinds: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(REFERENCE_KINDS))
+    trials: int = 16
+    samples: int | None = None  # analytic test samples (None: the whole test split)
+    brian_samples: int = 20
+    brian_trials: int | None = 4
+    shard: int = 1000
+    dt: float = 0.2
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> "Study":
+        """A study from a TOML file: a ``[study]`` table of the fields above and ``[kinds.<kind>]`` tables with
+        ``levels`` and the kind's options (e.g. ``latency_ms``)."""
+        try:
+            document = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise InputError(f"cannot read the study file {path}: {exc}") from None
+        study = cls(**document.get("study", {}))
+        if "kinds" in document:
+            study.kinds = document["kinds"]
+        study.check()
+        return study
+
+    def check(self) -> None:
+        for kind, spec in self.kinds.items():
+            if kind != "zeta" and kind not in KINDS:
+                raise InputError(f"unknown kind {kind!r} in the study; choose from {sorted(KINDS) + ['zeta']}")
+            if not spec.get("levels"):
+                raise InputError(f"kind {kind!r} of the study has no levels")
+        for engine in self.engines:
+            if engine not in ("analytic", "brian2"):
+                raise InputError(f"unknown engine {engine!r}; choose analytic or brian2")
+        if self.trials < 1 or self.shard < 1:
+            raise InputError("a study needs trials >= 1 and shard >= 1")
+
+    def cells(self, test_sizes: dict[str, int]) -> list[Cell]:
+        """Every cell of the grid (``test_sizes``: test samples of each dataset)."""
+        self.check()
+        out = []
+        for model in self.models:
+            arch, dataset = split_model(model)
+            for engine in self.engines:
+                total = test_sizes[dataset] if self.samples is None else min(self.samples, test_sizes[dataset])
+                trials = self.trials
+                if engine == "brian2":
+                    total = min(total, self.brian_samples)
+                    trials = min(trials, self.brian_trials or trials)
+                shards = [(s, min(self.shard, total - s * self.shard)) for s in range(math.ceil(total / self.shard))]
+                for variant in self.variants:
+                    for kind, spec in self.kinds.items():
+                        options = tuple(sorted((k, v) for k, v in spec.items() if k != "levels"))
+                        for level in spec["levels"]:
+                            for trial in range(trials):
+                                for shard, size in shards:
+                                    out.append(Cell(arch, dataset, variant, engine, kind, float(level), trial, shard,
+                                                    size, shard * self.shard, options, self.dt))
+        return out
+
+
+def split_model(model: str) -> tuple[str, str]:
+    """``lenet5_mnist5k`` -> ``("lenet5", "mnist5k")``."""
+    arch, _, dataset = model.rpartition("_")
+    if not arch:
+        raise InputError(f"models are named ARCH_DATASET (e.g. lenet5_mnist5k), got {model!r}")
+    return arch, dataset
+
+
+# --------------------------------------------------------------------------- one cell (on a worker)
+@functools.lru_cache(maxsize=8)
+def _model(arch: str, dataset: str):
+    from . import data, zoo
+
+    model, _ = zoo.load_pretrained(arch, dataset)
+    return model, data.load_dataset(dataset)
+
+
+@functools.lru_cache(maxsize=16)
+def _network(arch: str, dataset: str, variant: str, zeta: float, dt: float):
+    from .converter import convert
+
+    model, ds = _model(arch, dataset)
+    return convert(model, ds.x_train, variant=variant, zeta=zeta, dt=dt)
+
+
+@functools.lru_cache(maxsize=64)
+def _nominal(arch: str, dataset: str, variant: str, dt: float, start: int, size: int, kind: str, options: tuple):
+    """The unperturbed spikes the cell is compared with: the kind at level 0 (with a spike jitter's latency,
+    whose windows are later by design)."""
+    from .analytic import simulate_analytic
+
+    _, ds = _model(arch, dataset)
+    zero = None if kind in ("zeta",) else Perturbation(kind, math.inf if kind == "leak" else 0.0, **dict(options))
+    return simulate_analytic(_network(arch, dataset, variant, 0.5, dt), ds.x_test[start:start + size],
+                             perturbation=zero)
+
+
+_SIMULATORS: dict[tuple, Any] = {}
+
+
+def _simulator(cell: Cell, net, perturbation: Perturbation | None):
+    """One Brian2 simulator per (network, kind) in this process: compiled once, rerun at every level and seed."""
+    from .brian import Simulator
+
+    key = (cell.model, cell.dataset, cell.variant, cell.kind, cell.level if cell.kind == "zeta" else None,
+           cell.options, cell.dt)
+    if key not in _SIMULATORS:
+        hint = [] if perturbation is None else [replace(perturbation, level=perturbation.level or 1e-3)]
+        _SIMULATORS[key] = Simulator(net, device="cpp_standalone", timing="precise", dt=cell.dt, threads=1,
+                                     perturbations=hint)
+    return _SIMULATORS[key]
+
+
+def run_cell(cell: Cell) -> dict[str, Any]:
+    """Simulate one cell and measure it against the unperturbed network (analytic, same samples)."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(1)  # one core per Dask worker
+    started = time.perf_counter()
+    _, ds = _model(cell.model, cell.dataset)
+    start = cell.start
+    x, y = ds.x_test[start:start + cell.samples], ds.y_test[start:start + cell.samples]
+    indices = np.arange(start, start + cell.samples)
+    zeta = cell.level if cell.kind == "zeta" else 0.5
+    net = _network(cell.model, cell.dataset, cell.variant, zeta, cell.dt)
+    nominal = _nominal(cell.model, cell.dataset, cell.variant, cell.dt, start, cell.samples, cell.kind, cell.options)
+    perturbation = cell.perturbation()
+    if cell.engine == "analytic":
+        from .analytic import simulate_analytic
+        result = simulate_analytic(net, x, perturbation=perturbation, indices=indices)
+    else:
+        result = _simulator(cell, net, perturbation).run(x, perturbation=perturbation, indices=indices)
+    return {**cell.key, **measure(net, nominal, result, y, cell), "wall_s": time.perf_counter() - started}
+
+
+def measure(net, nominal, result, labels: np.ndarray, cell: Cell) -> dict[str, Any]:
+    """The row of a cell: accuracy, agreement with the unperturbed network, flags, spike-time shifts per layer."""
+    layers = {}
+    for layer in net.coded_layers():
+        if layer.kind == "input" or layer.name not in nominal.spike_times:
+            continue
+        a, b = nominal.spike_times[layer.name], result.spike_times[layer.name]
+        both = ~np.isnan(a) & ~np.isnan(b)
+        dt = np.abs(a[both] - b[both])
+        window = layer.t_max - layer.t_min
+        layers[layer.name] = {"mean_abs_dt_ms": float(dt.mean()) if dt.size else 0.0,
+                              "max_abs_dt_ms": float(dt.max()) if dt.size else 0.0, "window_ms": window,
+                              "level_rel": cell.level / window if cell.kind in TIME_KINDS else cell.level}
+    report = result.report[result.report["kind"] != "input"]
+    rel = [v["level_rel"] for v in layers.values()] or [cell.level]
+    return {
+        "accuracy": float((result.predictions == labels).mean()),
+        "agreement": float((result.predictions == nominal.predictions).mean()),
+        "flagged": int(result.flagged.sum()),
+        "spikes_per_neuron": float(report["spikes"].sum() / max(1, report["neurons"].sum() * len(labels))),
+        "dropped": int(result.report["dropped"].sum()),
+        "mean_abs_dt_ms": float(np.mean([v["mean_abs_dt_ms"] for v in layers.values()] or [0.0])),
+        "max_abs_dt_ms": float(max([v["max_abs_dt_ms"] for v in layers.values()] or [0.0])),
+        "level_ms": cell.level if cell.kind in TIME_KINDS else np.nan,
+        "level_rel_min": float(min(rel)), "level_rel_max": float(max(rel)),
+        "layers": json.dumps(layers),
+    }
+
+
+# --------------------------------------------------------------------------- the client
+def run_study(study: Study, out: str | Path, *, scheduler: str | None = None, workers: int = 2,
+              retries: int = 3) -> pd.DataFrame:
+    """Run every missing cell of ``study`` on Dask and append its row to ``out`` (CSV) as it finishes."""
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm import tqdm
+
+    from . import data
+
+    study.check()
+    sizes = {split_model(m)[1]: len(data.load_dataset(split_model(m)[1]).x_test) for m in study.models}
+    cells = study.cells(sizes)
+    store = RowStore(out, COLUMNS, KEY)
+    todo = [c for c in cells if not store.has(c.key)]
+    log.info("study: %d cells, %d already in %s, %d to run", len(cells), len(cells) - len(todo), out, len(todo))
+    if not todo:
+        return store.read()
+    cluster = None
+    if scheduler is None:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
+        client = Client(cluster)
+    else:
+        client = Client(scheduler)
+    try:
+        log.info("Dask dashboard: %s", client.dashboard_link)
+        futures = client.map(run_cell, todo, retries=retries, pure=False)
+        with tqdm(total=len(futures), desc="study cells", unit="cell") as progress:
+            for future in as_completed(futures):
+                store.append(future.result())
+                progress.update()
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+    return store.read()
+
+
+def baselines(study: Study) -> dict[tuple, float]:
+    """Unperturbed accuracy of each model on the samples the analytic cells use (the ReLU network's, which the
+    unperturbed conversion reproduces)."""
+    import torch
+
+    out = {}
+    for model in study.models:
+        arch, dataset = split_model(model)
+        net_model, ds = _model(arch, dataset)
+        x, y = ds.x_test[:study.samples], ds.y_test[:study.samples]
+        with torch.no_grad():
+            accuracy = float((net_model(torch.as_tensor(x)).argmax(1).numpy() == y).mean())
+        for variant in study.variants:
+            out[(arch, dataset, variant)] = accuracy
+    return out
+
+
+def write_report(study: Study, rows: pd.DataFrame, out_dir: str | Path) -> Path:
+    """Summary, figures and README of a study's rows (see :mod:`ttfs_brian.robustness`)."""
+    from .robustness import write_summary
+
+    return write_summary(rows, baselines(study), Path(out_dir), commands=[
+        "ttfs-brian sweep            # SPEC's reference grid on LeNet-5 (local Dask cluster, 2 workers)",
+        "python experiments/robustness.py   # this folder: LeNet-5, VGG-small, ResNet-8",
+        "ttfs-brian sweep --scheduler tcp://HOST:PORT   # on an existing Dask cluster"])
