@@ -42,8 +42,9 @@ def free_port() -> int:
 
 
 def spawn(*args, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(a) for a in args], stdout=open(log, "w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log, "w") as handle:  # the child keeps its own descriptor
+        return subprocess.Popen([str(a) for a in args], stdout=handle, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 def kill(process: subprocess.Popen) -> None:
