@@ -150,8 +150,8 @@ class RecipeNet(nn.Module):
             else:
                 self.blocks.append(nn.AvgPool2d(step[1]))
         with torch.no_grad():
-            features = self._features(torch.zeros(1, channels if not recipe else self._in_channels(), size, size))
-        sizes = [features.reshape(1, -1).shape[1], *hidden, classes]
+            features = self._features(torch.zeros(2, channels if not recipe else self._in_channels(), size, size))
+        sizes = [features[0].numel(), *hidden, classes]
         self.linears = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
 
     def _in_channels(self) -> int:

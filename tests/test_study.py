@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ttfs_brian.study import KEY, Study, run_study
+from ttfs_brian.study import KEY, Study, run_study, write_report
 
 DASK = Path(sys.executable).parent / "dask"
 STUDY = """
@@ -142,3 +142,8 @@ def test_study_grid_toml_and_local_cluster(tmp_path):
     assert len(rows) == 2 * 2 and (rows["dropped"] > 0).all()
     again = run_study(study, tmp_path / "rows.csv", workers=1)  # nothing left to run
     assert again.equals(rows)
+    readme = write_report(rows, tmp_path)
+    summary = pd.read_csv(tmp_path / "summary.csv")
+    assert len(summary) == 2 and (summary["trials"] == 2).all()  # two variants, two trials each
+    assert (tmp_path / "robustness_digits_net.png").stat().st_size > 10_000
+    assert "loses 1% accuracy" in readme.read_text() and "drop" in readme.read_text()

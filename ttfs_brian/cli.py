@@ -160,7 +160,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     rows = run_study(study, args.output / "rows.csv", scheduler=args.scheduler, workers=args.workers)
     if not args.no_report:
-        print(f"wrote {write_report(study, rows, args.output)}")
+        print(f"wrote {write_report(rows, args.output)}")
     print(f"{len(rows)} cells in {args.output / 'rows.csv'}")
     return 0
 

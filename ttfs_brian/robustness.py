@@ -15,14 +15,16 @@ LOSS = 0.01
 
 def per_trial(rows: pd.DataFrame) -> pd.DataFrame:
     """Shards of one trial combined (weighted by their samples)."""
-    rows = rows.assign(correct=rows["accuracy"] * rows["samples"], agreeing=rows["agreement"] * rows["samples"])
+    rows = rows.assign(correct=rows["accuracy"] * rows["samples"], agreeing=rows["agreement"] * rows["samples"],
+                       nominal=rows["nominal_accuracy"] * rows["samples"])
     trials = rows.groupby(GROUP + ["trial"], as_index=False).agg(
-        samples=("samples", "sum"), correct=("correct", "sum"), agreeing=("agreeing", "sum"),
+        samples=("samples", "sum"), correct=("correct", "sum"), agreeing=("agreeing", "sum"), nominal=("nominal", "sum"),
         flagged=("flagged", "sum"), max_abs_dt_ms=("max_abs_dt_ms", "max"), mean_abs_dt_ms=("mean_abs_dt_ms", "mean"),
         level_rel_min=("level_rel_min", "min"), level_rel_max=("level_rel_max", "max"))
     trials["accuracy"] = trials["correct"] / trials["samples"]
     trials["agreement"] = trials["agreeing"] / trials["samples"]
-    return trials.drop(columns=["correct", "agreeing"])
+    trials["nominal_accuracy"] = trials["nominal"] / trials["samples"]
+    return trials.drop(columns=["correct", "agreeing", "nominal"])
 
 
 def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
@@ -40,6 +42,7 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
                     if len(values) > 1 else 0.0)
             entry[column] = mean
             entry[f"{column}_ci95"] = half
+        entry["nominal_accuracy"] = group["nominal_accuracy"].iloc[0]
         entry["flagged_mean"] = group["flagged"].mean()
         entry["max_abs_dt_ms"] = group["max_abs_dt_ms"].max()
         entry["level_rel_min"], entry["level_rel_max"] = group["level_rel_min"].min(), group["level_rel_max"].max()
@@ -47,15 +50,15 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out).sort_values(GROUP).reset_index(drop=True)
 
 
-def losing_levels(summary: pd.DataFrame, baseline: dict[tuple, float]) -> pd.DataFrame:
+def losing_levels(summary: pd.DataFrame) -> pd.DataFrame:
     """Per (model, variant, engine, kind): the smallest level whose mean accuracy is ``LOSS`` below the
-    unperturbed accuracy (``baseline[(model, dataset, variant)]``), in its unit and relative to the windows."""
+    unperturbed accuracy on the same samples, in its unit and relative to the windows."""
     rows = []
     for key, group in summary.groupby(["model", "dataset", "variant", "engine", "kind"]):
         model, dataset, variant, engine, kind = key
-        base = baseline.get((model, dataset, variant))
+        base = float(group["nominal_accuracy"].iloc[0])
         group = group.sort_values("level", key=lambda s: s.abs() if kind != "zeta" else -s)
-        lost = group[group["accuracy"] <= base - LOSS] if base is not None else group.iloc[0:0]
+        lost = group[group["accuracy"] <= base - LOSS]
         first = lost.iloc[0] if len(lost) else None
         rows.append({"model": model, "variant": variant, "engine": engine, "kind": kind, "baseline_accuracy": base,
                      "level_losing_1pct": None if first is None else first["level"],
@@ -108,11 +111,11 @@ def figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
-def write_summary(rows: pd.DataFrame, baseline: dict[tuple, float], out_dir: Path, commands: list[str]) -> Path:
+def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str]) -> Path:
     """``summary.csv``, the figures and ``README.md`` of a study in ``out_dir``."""
     summary = aggregate(rows)
     summary.to_csv(out_dir / "summary.csv", index=False)
-    losing = losing_levels(summary, baseline)
+    losing = losing_levels(summary)
     losing.to_csv(out_dir / "losing_levels.csv", index=False)
     paths = figures(summary, out_dir)
     lines = ["# Robustness", "",

@@ -44,7 +44,7 @@ TIME_KINDS = ("spike_jitter", "input_jitter")
 """Kinds whose level is a time (ms); the others are relative (mismatch) or a margin (zeta)."""
 
 COLUMNS = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples", "accuracy",
-           "agreement", "flagged", "spikes_per_neuron", "dropped", "mean_abs_dt_ms", "max_abs_dt_ms", "level_ms",
+           "nominal_accuracy", "agreement", "flagged", "spikes_per_neuron", "dropped", "mean_abs_dt_ms", "max_abs_dt_ms", "level_ms",
            "level_rel_min", "level_rel_max", "layers", "wall_s"]
 KEY = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples"]
 
@@ -236,6 +236,7 @@ def measure(net, nominal, result, labels: np.ndarray, cell: Cell) -> dict[str, A
     rel = [v["level_rel"] for v in layers.values()] or [cell.level]
     return {
         "accuracy": float((result.predictions == labels).mean()),
+        "nominal_accuracy": float((nominal.predictions == labels).mean()),
         "agreement": float((result.predictions == nominal.predictions).mean()),
         "flagged": int(result.flagged.sum()),
         "spikes_per_neuron": float(report["spikes"].sum() / max(1, report["neurons"].sum() * len(labels))),
@@ -285,28 +286,11 @@ def run_study(study: Study, out: str | Path, *, scheduler: str | None = None, wo
     return store.read()
 
 
-def baselines(study: Study) -> dict[tuple, float]:
-    """Unperturbed accuracy of each model on the samples the analytic cells use (the ReLU network's, which the
-    unperturbed conversion reproduces)."""
-    import torch
-
-    out = {}
-    for model in study.models:
-        arch, dataset = split_model(model)
-        net_model, ds = _model(arch, dataset)
-        x, y = ds.x_test[:study.samples], ds.y_test[:study.samples]
-        with torch.no_grad():
-            accuracy = float((net_model(torch.as_tensor(x)).argmax(1).numpy() == y).mean())
-        for variant in study.variants:
-            out[(arch, dataset, variant)] = accuracy
-    return out
-
-
-def write_report(study: Study, rows: pd.DataFrame, out_dir: str | Path) -> Path:
+def write_report(rows: pd.DataFrame, out_dir: str | Path) -> Path:
     """Summary, figures and README of a study's rows (see :mod:`ttfs_brian.robustness`)."""
     from .robustness import write_summary
 
-    return write_summary(rows, baselines(study), Path(out_dir), commands=[
+    return write_summary(rows, Path(out_dir), commands=[
         "ttfs-brian sweep            # SPEC's reference grid on LeNet-5 (local Dask cluster, 2 workers)",
         "python experiments/robustness.py   # this folder: LeNet-5, VGG-small, ResNet-8",
         "ttfs-brian sweep --scheduler tcp://HOST:PORT   # on an existing Dask cluster"])

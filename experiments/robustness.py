@@ -1,0 +1,48 @@
+"""The reference robustness grid (SPEC section 8) on the bundled models, written to ``results/robustness/``.
+
+Spike jitter (latency 0.2 ms), input jitter, alpha mismatch and the window margin zeta, 16 trials per
+level, both variants: the analytic engine on the test split (ResNet-8: the first ``--resnet-samples``)
+and Brian2 (cpp_standalone, precise timing) on the first ``--brian-samples`` test digits with the first
+``--brian-trials`` seeds, the same draws as the analytic cells. Runs on a local Dask cluster (or
+``--scheduler``); rows are appended as cells finish, so an interrupted run resumes where it stopped.
+
+    python experiments/robustness.py [--models lenet5_mnist5k ...] [--workers 2]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ttfs_brian.study import Study, run_study, write_report
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "robustness"
+MODELS = ["lenet5_mnist5k", "vgg_small_mnist5k", "resnet8_mnist5k"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=MODELS)
+    parser.add_argument("--engines", nargs="*", default=["analytic", "brian2"])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--scheduler", help="an existing Dask scheduler (tcp://HOST:PORT)")
+    parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--brian-samples", type=int, default=20)
+    parser.add_argument("--brian-trials", type=int, default=4)
+    parser.add_argument("--resnet-samples", type=int, default=200)
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = None
+    for model in args.models:
+        study = Study(models=[model], engines=args.engines, trials=args.trials, brian_samples=args.brian_samples,
+                      brian_trials=args.brian_trials, samples=args.resnet_samples if model.startswith("resnet") else None)
+        rows = run_study(study, args.out / "rows.csv", scheduler=args.scheduler, workers=args.workers)
+    logging.info("wrote %s", write_report(rows, args.out))
+
+
+if __name__ == "__main__":
+    main()
