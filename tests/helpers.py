@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 from hypothesis import strategies as st
 
+from ttfs_brian.zoo import BasicBlock
+
 
 def randomize_batchnorm(model: nn.Module, rng: np.random.Generator, negative: bool = True) -> None:
     """Random eval-mode statistics; with ``negative`` some channels get a negative scale."""
@@ -69,30 +71,6 @@ def random_network(draw) -> tuple[nn.Module, tuple[int, ...]]:
         features = width
     layers.append(nn.Linear(max(features, 1), draw(st.integers(2, 5))))
     return nn.Sequential(*layers), shape, features > 0
-
-
-class BasicBlock(nn.Module):
-    """ResNet v1 basic block: conv-BN-ReLU-conv-BN, plus an identity or 1x1-conv+BN shortcut, then ReLU."""
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        identity = x
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        if self.downsample is not None:
-            identity = self.downsample(x)
-        out += identity
-        return self.relu(out)
 
 
 class ResidualNet(nn.Module):
@@ -220,3 +198,16 @@ def random_dag(draw) -> tuple[nn.Module, tuple[int, ...]]:
     except RuntimeError:  # the recipe shrinks the image below a kernel
         return None, (channels, size, size), False
     return model, (channels, size, size), True
+
+
+def assert_spikes_match(a, b, tol: float = 1e-9) -> None:
+    """Every spike and silence of ``b`` as ``a``'s (to ``tol`` ms), logits within ``tol`` relative, the same flags
+    and report."""
+    for key, ta in a.spike_times.items():
+        tb = b.spike_times[key]
+        np.testing.assert_array_equal(np.isnan(ta), np.isnan(tb), err_msg=key)
+        fired = ~np.isnan(ta)
+        assert np.abs(ta[fired] - tb[fired]).max(initial=0) <= tol, key
+    assert np.abs(a.logits - b.logits).max() <= tol * max(1.0, np.abs(a.logits).max())
+    np.testing.assert_array_equal(a.flagged, b.flagged)
+    assert a.report.equals(b.report), f"\n{a.report}\n{b.report}"

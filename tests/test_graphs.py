@@ -11,7 +11,7 @@ import ttfs_brian
 from ttfs_brian.analytic import simulate_analytic
 from ttfs_brian.brian import Simulator
 from ttfs_brian.errors import ConversionError, InputError, UnsupportedModuleError
-from helpers import BasicBlock, ResidualNet, randomize_batchnorm
+from helpers import BasicBlock, ResidualNet, assert_spikes_match, randomize_batchnorm
 
 TOL_MS = 1e-9
 
@@ -45,17 +45,6 @@ def _model(kind: str, seed: int = 0) -> nn.Module:
 def inputs():
     rng = np.random.default_rng(5)
     return rng.random((64, 1, 8, 8)).astype(np.float32), rng.random((5, 1, 8, 8)).astype(np.float32)
-
-
-def assert_spikes_match(a, b, tol=TOL_MS):
-    for key, ta in a.spike_times.items():
-        tb = b.spike_times[key]
-        np.testing.assert_array_equal(np.isnan(ta), np.isnan(tb), err_msg=key)
-        fired = ~np.isnan(ta)
-        assert np.abs(ta[fired] - tb[fired]).max(initial=0) <= tol, key
-    assert np.abs(a.logits - b.logits).max() <= tol * max(1.0, np.abs(a.logits).max())
-    np.testing.assert_array_equal(a.flagged, b.flagged)
-    assert a.report.equals(b.report)
 
 
 @pytest.mark.parametrize("kind", ["residual", "concat"])

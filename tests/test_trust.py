@@ -16,24 +16,13 @@ import ttfs_brian
 from ttfs_brian.analytic import simulate_analytic
 from ttfs_brian.brian import Simulator
 from ttfs_brian.errors import (DataFileError, InputError, ModelMismatchError, NetworkFileError, TrainingModeWarning)
-from helpers import randomize_batchnorm
+from helpers import assert_spikes_match, randomize_batchnorm
 
 CLI = [sys.executable, "-m", "ttfs_brian.cli"]
 
 
 def cli(*args):
     return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True)
-
-
-def assert_spikes_match(a, b, tol=1e-9):
-    """Every spike and every silence of ``b`` equals ``a``'s, logits within ``tol`` relative."""
-    for key, ta in a.spike_times.items():
-        tb = b.spike_times[key]
-        np.testing.assert_array_equal(np.isnan(ta), np.isnan(tb), err_msg=key)
-        fired = ~np.isnan(ta)
-        assert np.abs(ta[fired] - tb[fired]).max(initial=0) <= tol, key
-    assert np.abs(a.logits - b.logits).max() <= tol * max(1.0, np.abs(a.logits).max())
-    np.testing.assert_array_equal(a.flagged, b.flagged)
 
 
 # ----------------------------------------------------------------------------- 1: standalone readout
