@@ -11,9 +11,11 @@ values ``x_j`` of its inputs (every projection's spikes arrive at ``t_min - x_j`
 ``exact``:   once all inputs have arrived, ``V(t) = V_end + s (t - t_min)`` with
 ``V_end = alpha B_in + sum_j J_j x_j`` and ``s = alpha + sum_j J_j`` (padding included), so the
 closed-form crossing is ``t_min + (theta - V_end) / s``. The true first crossing can be earlier
-(early firing): inside the input window ``V(t_min - u) <= V_end - alpha u + min(N u, sum_j |J_j^-| x_j)``
-with ``N = sum |J^-|``, which can exceed ``theta`` only if ``sum |J^-| x (1 - alpha / N) >= theta - V_end``.
-Neurons that pass this cheap bound are re-simulated event by event over their sorted input spikes.
+(early firing): inside the input window ``V(t_min - u) = V_end - alpha u - P(u) + Q(u)`` with
+``P(u) = sum_j J_j^+ min(x_j, u)`` and ``Q(u) = sum_j |J_j^-| min(x_j, u)``, both concave, so
+``P(u) >= u P(B_in) / B_in`` (the chord) and ``Q(u) <= min(N u, Q(B_in))`` (``N = sum |J^-|``): ``V``
+exceeds ``V_end`` by at most ``Q(B_in) (1 - (alpha + P(B_in) / B_in) / N)^+``. Only neurons whose bound
+reaches ``theta`` (and clipped ones) are re-simulated event by event over their sorted input spikes.
 """
 from __future__ import annotations
 
@@ -168,17 +170,14 @@ def _exact_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]
     b_in, b = params.window_in, net.window_length(layer)
     alpha = _per_neuron(params.alpha, layer)
     threshold = _per_neuron(params.theta, layer)
-    v_end = alpha * b_in + _synaptic(layer, inputs)
+    synaptic = _synaptic(layer, inputs)  # sum_j J_j x_j = P - Q
     slope = alpha + _t(sum(weight_sum(p, layer.shape) for p in layer.projections))
-    margin = threshold - v_end
+    margin = threshold - alpha * b_in - synaptic  # theta - V_end
     value = b - margin / slope
     clipped = value > b
     value.clamp_(min=0.0)
 
-    negative = {id(p): _t(np.minimum(p.weight, 0.0)) for p in layer.projections}
-    negative_sum = -_t(sum(weight_sum(p, layer.shape, np.minimum(p.weight, 0.0)) for p in layer.projections))
-    rise = -_synaptic(layer, inputs, lambda p: negative[id(p)]) * (1.0 - alpha / negative_sum).clamp(min=0.0)
-    candidates = clipped | (rise >= margin)
+    candidates = clipped | _may_fire_early(layer, inputs, synaptic, margin, alpha, b_in)
     early = torch.zeros_like(clipped)
     if candidates.any():
         index = candidates.nonzero(as_tuple=True)
@@ -189,6 +188,24 @@ def _exact_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]
         early[index] = before & ~clipped[index]
         value[index] = torch.where(before, b_in + b - crossing, value[index])
     return value, clipped, early
+
+
+def _may_fire_early(layer: Layer, inputs, synaptic: torch.Tensor, margin: torch.Tensor, alpha: torch.Tensor,
+                    b_in: float) -> torch.Tensor:
+    """Neurons whose potential may reach ``theta`` inside the input window (the bound of the module docstring).
+
+    The bound needs ``Q``, a second weighted sum; its maximum over the unknown ``Q`` given ``P - Q``,
+    ``B_in (N - alpha - (P - Q) / B_in)^2 / (4 N)``, needs none and often rules every neuron out (a first
+    layer of non-negative pixels, say), which saves that convolution.
+    """
+    negative = {id(p): _t(np.minimum(p.weight, 0.0)) for p in layer.projections}
+    n_inh = -_t(sum(weight_sum(p, layer.shape, np.minimum(p.weight, 0.0)) for p in layer.projections))
+    gap = (n_inh - alpha - synaptic / b_in).clamp_(min=0.0)
+    if not (b_in * gap * gap / (4 * n_inh.clamp(min=1e-300)) >= margin).any():
+        return torch.zeros_like(margin, dtype=torch.bool)
+    inhibition = -_synaptic(layer, inputs, lambda p: negative[id(p)])  # Q
+    pull = alpha + (synaptic + inhibition) / b_in  # alpha + P / B_in
+    return inhibition * (1.0 - pull / n_inh).clamp_(min=0.0) >= margin
 
 
 def first_crossing(inputs: torch.Tensor, weights: torch.Tensor, threshold: torch.Tensor, b_in: float,
