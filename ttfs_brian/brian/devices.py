@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import InputError, ToolchainError
 from . import toolchain
+from .compile_cache import ObjectCache, cache_dir
 
 DEVICES = ("runtime", "cpp_standalone", "cuda_standalone")
 
@@ -82,6 +83,8 @@ class StandaloneAdapter:
     def __init__(self, threads: int | None = None, build_dir: Path | None = None, **_: Any):
         self.threads = threads
         self.build_dir = build_dir
+        self.cached_objects = 0
+        """Compiled files the last build took from :mod:`~ttfs_brian.brian.compile_cache`."""
         self._device = None
 
     def _factory(self):
@@ -140,7 +143,13 @@ class StandaloneAdapter:
         if before is not None and makefile.read_text() == before[0]:
             # unchanged: keep its time stamp, so that make rebuilds only changed sources
             os.utime(makefile, ns=(before[1].st_atime_ns, before[1].st_mtime_ns))
+        root = cache_dir()
+        cache = None if root is None else ObjectCache(self.build_dir, root)
+        if cache is not None:
+            self.cached_objects = cache.restore()
         self._device.compile_source(str(self.build_dir), None, False, False)
+        if cache is not None:
+            cache.store()
 
     def run(self, built, t_in_ms: np.ndarray, period_ms: float, assignments=(), tables=None) -> None:
         """One run of the binary: inputs, per-trial values and per-round tables through ``run_args``."""

@@ -130,7 +130,7 @@ def patch_makefile(path: Path) -> None:
     - ``objects.cpp`` (array allocation, file I/O and the ``run_args`` parser: several thousand lines,
       no simulation code) is compiled with ``-O0`` instead of ``-O3`` (1.4 s instead of 7.3 s), and
       the code objects that do not loop over all neurons or synapses every step (set-up, resets,
-      monitors, round starts, spike queues) with ``-O1`` (another 1.4 s less for LeNet-5). The hot ones
+      monitors, round starts, spike queues, ``main.cpp``) with ``-O1`` (another 1.4 s less for LeNet-5). The hot ones
       (``-O3``) are the state updaters and leaky steps, the thresholders and the synaptic pathways
       (``<target>__from__<source>_pre_codeobject``).
     Without the expected lines (another Brian2 version) the makefile is left as it is.
@@ -159,7 +159,7 @@ def patch_makefile(path: Path) -> None:
         "HOT_OBJS = $(foreach o,$(filter-out code_objects/after_run_%,$(OBJS)),$(if $(or "
         "$(findstring _pre_codeobject,$o),$(findstring _stateupdater_codeobject,$o),"
         "$(findstring _thresholder_codeobject,$o),$(findstring _step_codeobject,$o)),$o))",
-        "SETUP_OBJS = $(filter-out objects.o main.o $(HOT_OBJS),$(OBJS))",
+        "SETUP_OBJS = $(filter-out objects.o $(HOT_OBJS),$(OBJS))",
         "LEVEL = $(if $(filter objects.o,$@),O0,$(if $(filter $@,$(SETUP_OBJS)),O1,O3))",
         f"PCH = {PCH_HEADER.format(level='$(LEVEL)')}",
         "$(PCH_OBJS): " + " ".join(f"{PCH_HEADER.format(level=level)}.gch" for level in PCH_LEVELS),

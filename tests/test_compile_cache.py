@@ -1,0 +1,44 @@
+"""The persistent compile cache: a later process reuses the binary of a network of the same structure, whatever
+its hash seed; another structure never gets a stale object."""
+import json
+import os
+import subprocess
+import sys
+
+SCRIPT = """
+import json, sys
+import numpy as np, torch, torch.nn as nn, ttfs_brian
+from ttfs_brian.brian import Simulator
+width, seed = int(sys.argv[1]), int(sys.argv[2])
+torch.manual_seed(seed)
+model = nn.Sequential(nn.Conv2d(1, width, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                      nn.Linear(width * 9, 4), nn.ReLU(), nn.Linear(4, 3)).eval()
+x = np.random.default_rng(seed).random((30, 1, 6, 6)).astype(np.float32)
+net = ttfs_brian.convert(model, x, dt=0.05)
+sim = Simulator(net, device="cpp_standalone", dt=0.05)
+res = sim.run(x[:5])
+worst = ttfs_brian.compare(ttfs_brian.simulate(net, x[:5]), res)["max_abs_dt_ms"].iloc[:-1].max()
+print(json.dumps({"cached": sim.adapter.cached_objects, "compile_s": sim.compile_s, "worst": worst}))
+"""
+
+
+def build(tmp_path, width, seed, hash_seed):
+    env = {**os.environ, "TTFS_BRIAN_CACHE": str(tmp_path / "cache"), "PYTHONHASHSEED": str(hash_seed)}
+    out = subprocess.run([sys.executable, "-c", SCRIPT, str(width), str(seed)], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_same_structure_reuses_everything_other_structures_recompile(tmp_path):
+    first = build(tmp_path, width=2, seed=0, hash_seed=1)
+    assert first["cached"] == 0 and first["worst"] < 1e-9
+    again = build(tmp_path, width=2, seed=5, hash_seed=2)  # other weights and windows, other hash seed
+    assert again["worst"] < 1e-9
+    total = again["cached"]
+    assert total > 20 and again["compile_s"] < first["compile_s"] / 3
+    other = build(tmp_path, width=3, seed=0, hash_seed=3)  # another structure: no stale object or binary
+    assert other["worst"] < 1e-9
+    assert 0 < other["cached"] < total  # shared set-up code only
+    files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
+    assert len(files) > total and not any(p.name.endswith(".tmp") for p in files)

@@ -1,0 +1,99 @@
+"""A persistent cache of compiled ``cpp_standalone`` objects, shared by every process of a machine.
+
+Brian2 generates a fresh project for every simulator; compiling it is most of the cost of a run.
+Networks of the same structure generate the same code, except that Brian2 orders some declarations,
+clock resets and recorded variables by Python's string hashing, which differs from process to
+process. So each object is keyed by an order-insensitive fingerprint: the sorted lines of its source,
+of the headers every source includes (``objects.h``, its own header) and of the makefile (compiler,
+flags, Brian2's paths), plus the optimisation level. Before ``make`` the objects, precompiled headers and
+the linked binary whose keys are cached are copied in, newer than their sources, so ``make`` only
+compiles what is new; after it the new ones are stored (written under a temporary name and renamed,
+so concurrent processes never see half a file). A changed structure changes a fingerprint and is
+compiled anew; the cache never hands out a stale object.
+
+The cache lives in ``$TTFS_BRIAN_CACHE`` (default ``~/.cache/ttfs_brian/objects``; ``off`` disables it).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path | None:
+    """The cache folder, or ``None`` when ``TTFS_BRIAN_CACHE=off``."""
+    setting = os.environ.get("TTFS_BRIAN_CACHE", "")
+    if setting.lower() == "off":
+        return None
+    return Path(setting) if setting else Path.home() / ".cache" / "ttfs_brian" / "objects"
+
+
+def _fingerprint(*texts: str) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        for line in sorted(text.splitlines()):
+            digest.update(line.encode())
+            digest.update(b"\n")
+        digest.update(b"\0")
+    return digest.hexdigest()[:32]
+
+
+def _read(path: Path) -> str:
+    return path.read_text(errors="replace") if path.exists() else ""
+
+
+class ObjectCache:
+    """Keys of the compiled files of one generated project (see the module docstring)."""
+
+    def __init__(self, project: Path, root: Path):
+        self.project = Path(project)
+        self.root = Path(root)
+        common = _read(self.project / "makefile") + _read(self.project / "objects.h")
+        self.keys: dict[Path, str] = {}
+        sources = sorted(self.project.glob("*.cpp")) + sorted((self.project / "code_objects").glob("*.cpp"))
+        for source in sources:
+            header = source.with_suffix(".h")
+            self.keys[source.with_suffix(".o")] = _fingerprint(common, _read(source), _read(header), source.name)
+        for pch in sorted(self.project.glob("ttfs_pch_*.h")):
+            self.keys[pch.with_name(pch.name + ".gch")] = _fingerprint(common, _read(pch), pch.name)
+        self.keys[self.project / "main"] = _fingerprint(*sorted(self.keys.values()))
+
+    def _entry(self, key: str, path: Path) -> Path:
+        return self.root / key[:2] / f"{key}{path.suffix or '.bin'}"
+
+    def restore(self) -> int:
+        """Copy every cached file in, newer than everything ``make`` compares it with; returns how many."""
+        restored = 0
+        now = time.time()
+        ordered = sorted(self.keys.items(), key=lambda item: (item[0].suffix != ".gch", item[0].name == "main"))
+        for rank, (path, key) in enumerate(ordered):
+            entry = self._entry(key, path)
+            if not entry.exists():
+                continue
+            shutil.copyfile(entry, path)
+            if path.name == "main":
+                path.chmod(0o755)
+            stamp = now + 1 + rank * 1e-3  # precompiled headers, then objects, then the binary
+            os.utime(path, (stamp, stamp))
+            restored += 1
+        log.info("compile cache: %d of %d compiled files restored from %s", restored, len(self.keys), self.root)
+        return restored
+
+    def store(self) -> int:
+        """Save the compiled files that are not cached yet; returns how many."""
+        stored = 0
+        for path, key in self.keys.items():
+            entry = self._entry(key, path)
+            if entry.exists() or not path.exists():
+                continue
+            entry.parent.mkdir(parents=True, exist_ok=True)
+            partial = entry.with_name(f"{entry.name}.{os.getpid()}.tmp")
+            shutil.copyfile(path, partial)
+            os.replace(partial, entry)
+            stored += 1
+        return stored
