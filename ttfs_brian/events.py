@@ -33,7 +33,7 @@ from .coding import encode_inputs, spike_times
 from .network import Layer, TTFSNetwork
 from .neuron import Integrator, integrator
 from .perturb import Perturbation, departure, find
-from .projection import Projection, pad_sum
+from .projection import Projection, pad_sum, weight_sum
 
 EPS_MS = 1e-12
 """Times closer than this (ms) count as equal when deciding which events precede a crossing."""
@@ -130,14 +130,19 @@ class TimedRun:
         latest = torch.full_like(weighted, params.t_late)
         for proj in layer.projections:
             arrived = self._clamped(proj, params)
-            mask = torch.isfinite(arrived).to(torch.float64)
+            finite = torch.isfinite(arrived)
+            mask = finite.to(torch.float64)
             at = arrived.nan_to_num(posinf=0.0) * mask
             negative = torch.as_tensor(np.minimum(proj.weight, 0.0))
-            total += evaluate.apply(proj, mask, layer.shape)
+            if finite.all():  # every input arrives: the sums over arrivals are the weight sums (padding apart)
+                total += self._unpadded_sum(layer, proj, proj.weight)
+                inhibition -= self._unpadded_sum(layer, proj, negative.numpy())
+            else:
+                total += evaluate.apply(proj, mask, layer.shape)
+                inhibition -= evaluate.apply(proj, mask, layer.shape, negative)
             weighted += evaluate.apply(proj, at, layer.shape)
-            inhibition -= evaluate.apply(proj, mask, layer.shape, negative)
             inhibition_at -= evaluate.apply(proj, at, layer.shape, negative)
-            latest = torch.maximum(latest, _latest(proj, torch.where(mask > 0, arrived, -torch.inf), layer.shape))
+            latest = torch.maximum(latest, _latest(proj, torch.where(finite, arrived, -torch.inf), layer.shape))
         slope = alpha + total + beta
         cross = (theta * tau + alpha * params.t_on + weighted + beta * params.t_late) / slope
         cross = torch.where(slope > 0, cross, torch.inf)
@@ -159,6 +164,11 @@ class TimedRun:
         clipped = cross < layer.t_min - EPS_MS
         early = (times < layer.t_min - EPS_MS) & ~clipped
         return times, clipped, early
+
+    def _unpadded_sum(self, layer: Layer, proj: Projection, weight: np.ndarray) -> torch.Tensor:
+        """Per target neuron, the weights of its real (not zero-padded) inputs."""
+        source = self.net.layers[proj.source].shape
+        return _t(weight_sum(proj, layer.shape, weight) - pad_sum(proj, source, layer.shape, weight))
 
     def _fan_in(self, layer: Layer, params: Integrator, index) -> tuple[torch.Tensor, torch.Tensor]:
         """Arrival times (relative to ``t_on``; inf: never) and weights of the neurons ``index``."""
