@@ -5,6 +5,9 @@
 - :mod:`~ttfs_brian.brian.layout`: replicas side by side and rounds one after the other (pure);
 - :mod:`~ttfs_brian.brian.builder`: the Brian2 objects, named after the model's layers;
 - :mod:`~ttfs_brian.brian.readout`: monitors -> :class:`~ttfs_brian.result.SimulationResult`;
+- :mod:`~ttfs_brian.brian.structure` and :mod:`~ttfs_brian.brian.run_values`: what a compiled network
+  supports (perturbations) and the values one run takes (inputs, per-trial values, per-round tables);
+- :mod:`~ttfs_brian.brian.compile_cache`: compiled objects shared by every process of the machine;
 - :mod:`~ttfs_brian.brian.equations`: every equation string (read against SPEC sections 3-4, 6-7);
 - :mod:`~ttfs_brian.brian.toolchain`: make/nvcc workarounds, applied when a device is activated.
 

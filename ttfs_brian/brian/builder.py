@@ -41,6 +41,7 @@ from ..network import Layer, TTFSNetwork
 from ..neuron import integrator
 from . import equations as eq
 from .layout import Layout, RoundTiming
+from .structure import Structure
 
 ROUND_CLOCK_SHORTENING = 1e-12
 """Relative amount by which the round-reset clock is shorter than a round (see :func:`_round_reset`)."""
@@ -76,26 +77,6 @@ def plan(net: TTFSNetwork) -> Plan:
             name, k = f"{base}_{k}", k + 1
         names[layer.name] = name
     return Plan(net, connections, names)
-
-
-@dataclass(frozen=True)
-class Structure:
-    """What a compiled network can do beyond the nominal mapping; a run that needs more rebuilds it.
-
-    ``leak``: the leaky neuron (``inv_tau_m``; 0 is the nominal one), ``noise``: membrane noise
-    (``sigma_v``), ``departures``: spikes that leave their neuron off their crossing (jitter, time
-    quantization, drops; per-round tables), ``latency``: the transmission latency (ms) of ``spike_jitter``
-    already in the network's delays (hidden neurons' departures add it).
-    """
-
-    leak: bool = False
-    noise: bool = False
-    departures: bool = False
-    latency: float = 0.0
-
-    def covers(self, other: "Structure") -> bool:
-        return ((self.leak or not other.leak) and (self.noise or not other.noise)
-                and (self.departures or not other.departures) and self.latency == other.latency)
 
 
 @dataclass(frozen=True)

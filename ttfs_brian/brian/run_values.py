@@ -18,7 +18,7 @@ from ..coding import input_spike_times
 from ..network import TTFSNetwork
 from ..neuron import NEVER_MS, integrator
 from ..perturb import Perturbation, departure, find, perturb_network
-from .builder import BuiltNetwork, Plan, Structure
+from .builder import BuiltNetwork, Plan
 
 
 @dataclass
@@ -41,15 +41,6 @@ class RunValues:
             return out
         return RunValues(pad(self.t_in, NEVER_MS), self.input_clipped, self.input_lost, self.variables, self.shared,
                          {k: pad(v, 0.0) for k, v in self.eps.items()}, {k: pad(v, False) for k, v in self.lost.items()})
-
-
-def structure_for(perturbations: Sequence[Perturbation]) -> Structure:
-    """The compiled structure these perturbations need."""
-    jitter = find(perturbations, "spike_jitter")
-    hidden_departures = any(find(perturbations, kind) for kind in ("spike_jitter", "time_bits", "drop"))
-    return Structure(leak=find(perturbations, "leak") is not None, noise=find(perturbations, "membrane_noise") is not None,
-                     departures=hidden_departures,
-                     latency=0.0 if jitter is None else float(jitter.options.get("latency_ms", 0.0)))
 
 
 def run_values(net: TTFSNetwork, plan: Plan, perturbations: Sequence[Perturbation], data: np.ndarray,

@@ -26,6 +26,7 @@ from . import builder, devices, layout, run_values
 from . import equations as eq
 from ..perturb import Perturbation
 from .builder import BuiltNetwork
+from .structure import structure_for
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ class Simulator:
         self.requested_rounds = None if rounds is None else int(rounds)
         self.record_v = {key: [int(i) for i in np.atleast_1d(value)] for key, value in (record_v or {}).items()}
         self.setup = setup
-        self.structure = run_values.structure_for(perturb.as_list(perturbations))
+        self.structure = structure_for(perturb.as_list(perturbations))
         self.plan = builder.plan(net)
         self.round_timing = self._round_timing()
         self.compilations = 0
@@ -239,13 +240,13 @@ class Simulator:
         n = data.shape[0]
         perturbations = perturb.as_list(perturbation)
         indices = sample_indices(indices, n)
-        needed = run_values.structure_for(perturbations)
+        needed = structure_for(perturbations)
         if self.built is not None and not self.built.structure.covers(needed):
             log.warning("this simulator was built for %s; rebuilding for %s (pass perturbations= when creating the "
                         "Simulator to compile once)", self.built.structure, needed)
             self.built = None
         if self.built is None:
-            self.structure = _union(self.structure, needed)
+            self.structure = self.structure.union(needed)
             self.round_timing = self._round_timing()
             self._build(self._layout(n))
         built = self.built
@@ -290,7 +291,3 @@ class Simulator:
         latency = 0 if self.timing == "precise" else len(net.layers) + 1
         return layout.round_timing(net.output_layer.t_min, self.dt, latency)
 
-
-def _union(a: builder.Structure, b: builder.Structure) -> builder.Structure:
-    """Everything either needs; the latency is the newer one's (a network is timed for one latency)."""
-    return builder.Structure(a.leak or b.leak, a.noise or b.noise, a.departures or b.departures, b.latency)
