@@ -159,6 +159,8 @@ def for_shapes(proj: Projection, in_shape: tuple[int, ...], out_shape: tuple[int
 
 def replicate(conn: Connectivity, copies: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``copies`` side-by-side copies: copy ``r`` maps pre ``j + r*n_pre`` to post ``i + r*n_post``."""
+    if copies == 1:
+        return conn.pre, conn.post, conn.weight
     offsets = np.arange(copies, dtype=np.int64)[:, None]
     pre = (conn.pre[None, :] + offsets * conn.n_pre).reshape(-1)
     post = (conn.post[None, :] + offsets * conn.n_post).reshape(-1)

@@ -3,25 +3,25 @@ from __future__ import annotations
 
 import numpy as np
 
-from .connectivity import Connectivity, for_projection
+from .connectivity import for_projection
 from .network import TTFSNetwork
 from .result import SimulationResult
 
 
 def synaptic_events(net: TTFSNetwork, result: SimulationResult,
-                    connections: dict[tuple[str, int], Connectivity] | None = None) -> int:
+                    fan_out: dict[tuple[str, int], np.ndarray] | None = None) -> int:
     """Spikes times fan-out, summed over every projection and every sample.
 
-    ``connections[(layer, k)]`` (the ``k``-th projection into ``layer``) saves rebuilding the
-    connectivity when the caller already has it.
+    ``fan_out[(layer, k)]`` (the out-degrees of the ``k``-th projection into ``layer``) saves listing the
+    synapses when the caller already knows them.
     """
     n = result.logits.shape[0]
     total = 0
     for layer in net.layers.values():
         for k, proj in enumerate(layer.projections):
-            conn = connections[(layer.name, k)] if connections is not None else for_projection(net, layer, proj)
+            degree = fan_out[(layer.name, k)] if fan_out is not None else for_projection(net, layer, proj).fan_out
             spiked = ~np.isnan(result.spike_times[proj.source]).reshape(n, -1)
-            total += int(spiked.sum(axis=0, dtype=np.int64) @ conn.fan_out)
+            total += int(spiked.sum(axis=0, dtype=np.int64) @ degree)
     return total
 
 

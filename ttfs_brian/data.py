@@ -87,7 +87,18 @@ def cifar10(data_dir: str | Path, n_train: int | None = None, n_test: int | None
     return Dataset("cifar10", x_train[:n_train], y_train[:n_train], x_test[:n_test], y_test[:n_test])
 
 
-LOADERS = {"mnist5k": mnist5k, "digits": digits}
+def mnist5k32(n_train: int = 4000, n_test: int = 1000) -> Dataset:
+    """:func:`mnist5k` padded to 32x32 with zeros and repeated to 3 channels: CIFAR-sized inputs that ship
+    offline, for architectures made for CIFAR-10 (VGG-16)."""
+    base = mnist5k(n_train, n_test)
+
+    def widen(x: np.ndarray) -> np.ndarray:
+        return np.repeat(np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2))), 3, axis=1)
+
+    return Dataset("mnist5k32", widen(base.x_train), base.y_train, widen(base.x_test), base.y_test)
+
+
+LOADERS = {"mnist5k": mnist5k, "digits": digits, "mnist5k32": mnist5k32}
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:

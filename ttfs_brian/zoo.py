@@ -132,14 +132,40 @@ class ResNet8(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
+class VGG16(nn.Module):
+    """VGG-16 for 32x32x3 inputs, the layout used for CIFAR-10 in the paper: 13 conv 3x3 (zero padding) with
+    BatchNorm before each ReLU, 5 max pools (to 1x1x512), classifier 512-512-10 with dropout."""
+
+    LAYOUT = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+    def __init__(self, in_channels: int = 3, num_classes: int = 10):
+        super().__init__()
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for item in self.LAYOUT:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+            else:
+                layers += [nn.Conv2d(channels, item, 3, padding=1), nn.BatchNorm2d(item), nn.ReLU(inplace=True)]
+                channels = item
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Flatten(), nn.Linear(512, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                                        nn.Linear(512, num_classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
 ARCHITECTURES: dict[str, Callable[[], nn.Module]] = {
     "fc2": FC2,
     "lenet5": LeNet5,
     "vgg_small": VGGSmall,
     "digits_net": lambda: DigitsNet(),
     "resnet8": ResNet8,
+    "vgg16": VGG16,
 }
-"""Architecture name -> constructor (for 28x28 single-channel inputs, except ``digits_net``: 8x8)."""
+"""Architecture name -> constructor (for 28x28 single-channel inputs, except ``digits_net``: 8x8, and
+``vgg16``: 32x32x3, for CIFAR-10 or ``mnist5k32``)."""
 
 
 def build(arch: str) -> nn.Module:

@@ -49,15 +49,27 @@ ROUND_CLOCK_SHORTENING = 1e-12
 
 @dataclass(frozen=True)
 class Plan:
-    """What the builder needs that does not depend on Brian2: connectivity and object names."""
+    """What the builder needs that does not depend on Brian2: object names and, per projection, its synapse
+    count and the out-degree of each source neuron. The synapses themselves are listed one projection at a
+    time when they are built (:meth:`connection`), so that only Brian2 holds the whole connectivity."""
 
     net: TTFSNetwork
-    connections: dict[tuple[str, int], Connectivity]
     names: dict[str, str]
+    counts: dict[tuple[str, int], int]
+    fan_out: dict[tuple[str, int], np.ndarray]
+    pool_fan_in: dict[str, np.ndarray]
+
+    def connection(self, layer: str, k: int) -> Connectivity:
+        target = self.net.layers[layer]
+        return cn.for_projection(self.net, target, target.projections[k])
+
+    def connections(self) -> dict[tuple[str, int], Connectivity]:
+        """Every projection's synapses at once (small networks; grid bounds)."""
+        return {key: self.connection(*key) for key in self.counts}
 
     @property
     def synapses_per_sample(self) -> int:
-        return sum(c.n_synapses for c in self.connections.values())
+        return sum(self.counts.values())
 
     @property
     def neurons_per_sample(self) -> int:
@@ -65,9 +77,15 @@ class Plan:
 
 
 def plan(net: TTFSNetwork) -> Plan:
-    """Connectivity of every projection and a Brian2 name for every layer."""
-    connections = {(layer.name, k): cn.for_projection(net, layer, proj)
-                   for layer in net.layers.values() for k, proj in enumerate(layer.projections)}
+    """Names, synapse counts and degrees of every projection (each listed once and dropped)."""
+    counts, fan_out, pool_fan_in = {}, {}, {}
+    for layer in net.layers.values():
+        for k, proj in enumerate(layer.projections):
+            conn = cn.for_projection(net, layer, proj)
+            counts[(layer.name, k)] = conn.n_synapses
+            fan_out[(layer.name, k)] = conn.fan_out.astype(np.int32)
+            if layer.kind == "maxpool":
+                pool_fan_in[layer.name] = conn.fan_in
     names: dict[str, str] = {}
     for layer in net.layers.values():
         base = re.sub(r"\W", "_", layer.name)
@@ -76,7 +94,7 @@ def plan(net: TTFSNetwork) -> Plan:
         while name in names.values():
             name, k = f"{base}_{k}", k + 1
         names[layer.name] = name
-    return Plan(net, connections, names)
+    return Plan(net, names, counts, fan_out, pool_fan_in)
 
 
 @dataclass(frozen=True)
@@ -120,7 +138,7 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
                                       dt=timing.period_ms * b2.ms, name="ttfs_t_in_table")
             group = _input_group(layer, replicas, spike_timing, clock, namespace, table, name)
         elif layer.kind == "maxpool":
-            group = _pool_group(layer, plan.connections[(layer.name, 0)], replicas, spike_timing, clock, namespace, name)
+            group = _pool_group(layer, plan.pool_fan_in[layer.name], replicas, spike_timing, clock, namespace, name)
         elif layer.kind == "neuron":
             group_ns = namespace
             if structure.departures and multiplexed:
@@ -153,7 +171,7 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
                                                               name=f"{name}_trace")
         groups[layer.name] = group
         for j, proj in enumerate(layer.projections):
-            if not plan.connections[(layer.name, j)].n_synapses:
+            if not plan.counts[(layer.name, j)]:
                 continue  # every weight 0: nothing to build (Brian2 refuses empty Synapses)
             departs = structure.departures and net.layers[proj.source].kind == "neuron"
             synapses[(layer.name, j)] = _synapses(plan, layer, j, groups[proj.source], group, replicas, spike_timing,
@@ -185,11 +203,11 @@ def _input_group(layer: Layer, replicas: int, spike_timing: str, clock, namespac
     return group
 
 
-def _pool_group(layer: Layer, conn: Connectivity, replicas: int, spike_timing: str, clock, namespace, name: str):
+def _pool_group(layer: Layer, fan_in: np.ndarray, replicas: int, spike_timing: str, clock, namespace, name: str):
     import brian2 as b2
 
     sign = np.repeat(np.asarray(layer.arrays["sign"], dtype=np.float64), layer.size // len(layer.arrays["sign"]))
-    need = np.where(sign > 0, 1.0, conn.fan_in.astype(np.float64))  # min pools wait for every valid input
+    need = np.where(sign > 0, 1.0, fan_in.astype(np.float64))  # min pools wait for every valid input
     group = b2.NeuronGroup(replicas * layer.size, eq.POOL_MODEL, threshold=eq.POOL_THRESHOLD,
                            reset=eq.POOL_RESET[spike_timing], clock=clock, namespace=namespace, name=name)
     group.t_first = eq.NEVER_MS * b2.ms
@@ -275,10 +293,11 @@ def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, s
     # After the resets, so that the presynaptic t_spike is already set (SPEC section 6).
     syn.pre.when = "after_resets"
     syn.pre.order = 10 * k
-    pre, post, weight = cn.replicate(plan.connections[(layer.name, j)], replicas)
+    pre, post, weight = cn.replicate(plan.connection(layer.name, j), replicas)
     syn.connect(i=pre, j=post)
     if layer.kind != "maxpool":
         syn.w = weight
+    del pre, post, weight  # Brian2 keeps its own copy
     syn.lag = delay * b2.ms
     return syn
 

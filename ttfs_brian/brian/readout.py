@@ -75,7 +75,7 @@ class Collector:
         logits = None
         bound = None
         if spike_timing == "grid":
-            bound = grid_error_bound(net, dt, self.plan.connections)
+            bound = grid_error_bound(net, dt, self.plan.connections())
         for layer in net.layers.values():
             values = self.raw[layer.name][:n * layer.size]
             if layer.is_output:

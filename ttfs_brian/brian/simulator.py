@@ -283,7 +283,7 @@ class Simulator:
             n_synapses_compiled=built.layout.replicas * self.synapses_per_sample, period_ms=self.period_ms(),
             build_dir=None if self.build_dir is None else str(self.build_dir),
             perturbation=[p.describe() for p in perturbations])
-        result.meta["synaptic_events"] = synaptic_events(self.net, result, self.plan.connections)
+        result.meta["synaptic_events"] = synaptic_events(self.net, result, self.plan.fan_out)
         return result
 
     def _round_timing(self) -> layout.RoundTiming:
