@@ -36,6 +36,10 @@ def main() -> None:
     flagged = table[table["flagged"] > 0]
     notes = [f"{r.model} {r.variant} ({r.engine} {r.timing}): {r.flagged} flagged samples; agreement {r.agreement:.4f}"
              for r in flagged.itertuples()] or ["No row was flagged: no engine counted clipping or early firing."]
+    if (flagged["timing"] == "grid").any():
+        notes.append("On grid timing a sample is also flagged when the rigorous bound on its grid error "
+                     "(`ttfs_brian.grid_bound`, the `error_bound_ms` column of `ttfs-brian verify`) is wide enough to change its prediction; the bound "
+                     "is worst-case, so grid rows are flagged even where every prediction agrees.")
     disagree = table[table["agreement"] < 1]
     notes += [f"{r.model} {r.variant} ({r.engine} {r.timing}): agreement {r.agreement:.4f}" for r in disagree.itertuples()] \
         or ["Agreement is 1 in every row: every engine reproduced every prediction of the ReLU network."]
