@@ -9,6 +9,8 @@ PYTHON312 ?= $(firstword $(foreach p,python3.12 $(wildcard $(HOME)/.pyenv/versio
 	$(shell $(p) -c 'print("$(p)")' 2>/dev/null)))
 NVCC := $(shell command -v nvcc 2>/dev/null)
 VENV312 := .venv312
+# pytest-xdist workers: Python-bound work (code generation, conversion) overlaps with compilation
+TEST_WORKERS ?= 2
 
 .PHONY: venv cuda-env test demo bench results clean
 
@@ -22,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt
 
 # Where python3.12 and nvcc exist, the tests also build cuda_standalone code (running it needs a GPU).
 test: venv $(if $(and $(PYTHON312),$(NVCC)),cuda-env)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) tests
 
 cuda-env: $(VENV312)/.installed
 

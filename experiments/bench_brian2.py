@@ -6,6 +6,9 @@ events per image, and the ratio to the analytic engine's per-image time measured
 Spike times are compared with the analytic engine (max |dt|, spikes only in one of them, prediction
 agreement). Rows are appended to ``results/bench_brian2.csv`` as they finish (reruns skip done rows).
 
+cpp_standalone is measured with a cold compiled-network cache (an empty cache folder: everything is
+compiled) and warm (the same structure built again by a new simulator: the objects come from the cache).
+
     python experiments/bench_brian2.py [--images 1000] [--runtime-images 100] [--batch-size R]
 """
 from __future__ import annotations
@@ -13,6 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +31,7 @@ from ttfs_brian.cost import synaptic_events
 
 log = logging.getLogger("bench_brian2")
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-KEY = ["variant", "device", "timing", "dt", "images", "batch_size"]
+KEY = ["variant", "device", "timing", "dt", "images", "batch_size", "cache"]
 
 
 def main() -> None:
@@ -49,14 +54,18 @@ def main() -> None:
     done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame(columns=KEY)
     seen = {tuple(str(v) for v in row) for row in done[KEY].itertuples(index=False)}
     batch = "default" if args.batch_size is None else str(args.batch_size)
-    configs = [(variant, device, timing, dt, n)
+    configs = [(variant, device, timing, dt, n, cache)
                for variant in args.variants
                for device, n in (("cpp_standalone", args.images), ("runtime", args.runtime_images)) if n > 0
-               for timing, dts in (("precise", args.precise_dt), ("grid", args.grid_dt)) for dt in dts]
-    for variant, device, timing, dt, n in configs:
-        if (variant, device, timing, str(dt), str(n), batch) in seen:
-            log.info("skipping %s %s %s dt=%s (done)", variant, device, timing, dt)
+               for timing, dts in (("precise", args.precise_dt), ("grid", args.grid_dt)) for dt in dts
+               for cache in (("cold", "warm") if device == "cpp_standalone" else ("none",))]
+    cache_root = Path(tempfile.mkdtemp(prefix="bench_brian2_cache_"))
+    for variant, device, timing, dt, n, cache in configs:
+        if (variant, device, timing, str(dt), str(n), batch, cache) in seen:
+            log.info("skipping %s %s %s dt=%s cache %s (done)", variant, device, timing, dt, cache)
             continue
+        # cold: a folder of its own, empty; warm: the folder its cold twin filled (built again if skipped)
+        os.environ["TTFS_BRIAN_CACHE"] = str(cache_root / f"{variant}_{timing}_{dt}")
         x = mnist.x_test[:n]
         net = ttfs_brian.convert(model, mnist.x_train, variant=variant, dt=dt)
         start = time.perf_counter()
@@ -72,6 +81,7 @@ def main() -> None:
         report = result.report[result.report["kind"] != "input"]
         row = {
             "variant": variant, "device": device, "timing": timing, "dt": dt, "images": n, "batch_size": batch,
+            "cache": cache,
             "threads": args.threads if device == "cpp_standalone" else 1,
             "replicas": result.meta.get("replicas"), "rounds": result.meta.get("rounds"), "n_synapses": result.meta.get("n_synapses"),
             "build_s": result.meta["build_s"], "compile_s": result.meta["compile_s"], "run_s": result.meta["run_s"],
@@ -87,6 +97,7 @@ def main() -> None:
         }
         log.info("%s", row)
         pd.DataFrame([row]).to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
+    shutil.rmtree(cache_root, ignore_errors=True)
     log.info("wrote %s\n%s", args.out, pd.read_csv(args.out).to_string(index=False))
 
 

@@ -134,8 +134,22 @@ def test_grid_timing_is_plain_brian_with_dt_errors(data):
     np.testing.assert_allclose(on_grid, np.round(on_grid), atol=1e-6)
 
 
-def test_runtime_cython_target(data):
-    net = convert(mlp(), data["mlp_calib"], variant="exact", dt=0.01)
+@pytest.fixture
+def quick_cython():
+    """Cython compiles every code object one after another (~7 s each at -O3 when its cache is cold);
+    unoptimised C keeps this test about the target, not about the C compiler."""
+    from brian2 import prefs
+
+    saved = list(prefs["codegen.cpp.extra_compile_args_gcc"])
+    prefs["codegen.cpp.extra_compile_args_gcc"] = ["-w", "-O0"]
+    yield
+    prefs["codegen.cpp.extra_compile_args_gcc"] = saved
+
+
+def test_runtime_cython_target(data, quick_cython):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    net = convert(model, data["mlp_calib"], variant="exact", dt=0.01)
     a = simulate_analytic(net, data["mlp_x"])
     sim = Simulator(net, timing="precise", dt=0.01)
     assert_same(a, sim.run(data["mlp_x"]))

@@ -39,7 +39,8 @@ def issue_net(seed: int):
     return model, calibration, x
 
 
-@pytest.mark.parametrize("seed,variant", [(11, "sparse"), (0, "sparse"), (6, "exact"), (2, "exact")])
+# the two draws (of many tried) whose single-round runs crashed, one per variant
+@pytest.mark.parametrize("seed,variant", [(11, "sparse"), (6, "exact")])
 def test_standalone_batches_of_1_to_9_match_analytic(seed, variant, tmp_path):
     """A run shorter than 10 ms got an extra step (the round clock's last tick fell within Brian2's 1e-14 s
     clock epsilon of the end), in which inputs of the first step fired again: IndexError in the readout."""
@@ -49,8 +50,7 @@ def test_standalone_batches_of_1_to_9_match_analytic(seed, variant, tmp_path):
     for n in range(1, 10):
         assert_spikes_match(simulate_analytic(net, x[:n]), sim.run(x[:n]))
     assert sim.compilations == 1
-    if seed in (11, 6):  # the draws whose single-round runs are shorter than 10 ms
-        assert sim.period_ms() * sim.rounds < 10.0
+    assert sim.period_ms() * sim.rounds < 10.0  # what made them crash
 
 
 # ----------------------------------------------------------------------------- 2: a module called twice
@@ -83,8 +83,7 @@ def tutorial():
     return model, rng.random((64, 3, 32, 32)).astype(np.float32), rng.random((3, 3, 32, 32)).astype(np.float32)
 
 
-@pytest.mark.parametrize("variant", ["exact", "sparse"])
-def test_module_called_twice_gives_one_layer_per_call(tutorial, variant, tmp_path):
+def test_module_called_twice_gives_one_layer_per_call(tutorial, tmp_path, variant="exact"):
     model, calibration, x = tutorial
     net = ttfs_brian.convert(model, calibration, variant=variant, dt=0.5)
     res = simulate_analytic(net, x)

@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import shutil
@@ -95,11 +96,16 @@ def configure_cuda(compute_capability: float | None = None) -> None:
     except ImportError:
         return  # a CUDA toolkit with cuRAND is expected then
     root = Path(next(iter(curand_wheel.__path__)))
-    links = Path(tempfile.gettempdir()) / "ttfs_brian_curand"
-    links.mkdir(exist_ok=True)
+    target = root / "lib" / "libcurand.so.10"
+    # one folder per wheel: a link left by another (or a deleted) environment is never reused
+    links = Path(tempfile.gettempdir()) / "ttfs_brian_curand" / hashlib.sha256(str(target).encode()).hexdigest()[:16]
+    links.mkdir(parents=True, exist_ok=True)
     link = links / "libcurand.so"
-    if not link.exists():
-        link.symlink_to(root / "lib" / "libcurand.so.10")
+    if not (link.is_symlink() and link.resolve() == target.resolve()):
+        staged = links / f".libcurand.so.{os.getpid()}"
+        staged.unlink(missing_ok=True)
+        staged.symlink_to(target)
+        os.replace(staged, link)  # atomic, also over a stale or dangling link
     cpp = b2.prefs.codegen.cpp
     for key, folder in (("include_dirs", root / "include"), ("library_dirs", links),
                         ("runtime_library_dirs", root / "lib")):
