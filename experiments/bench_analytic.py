@@ -39,8 +39,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     rows = []
-    for name, model, calibration, x in networks(args.batch):
-        rows += bench(name, model, calibration, x, args.repeats)
+    for name, model, calibration, x, input_range in networks(args.batch):
+        rows += bench(name, model, calibration, x, input_range, args.repeats)
     table = pd.DataFrame(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(args.out, index=False)
@@ -48,10 +48,10 @@ def main() -> None:
 
 
 def networks(batch: int):
-    """(name, model, calibration data, test batch) of the trained and the random-weight LeNet-5."""
+    """(name, model, calibration data, test batch, input range) of the trained and the random-weight LeNet-5."""
     model, _ = zoo.load_pretrained("lenet5", "mnist5k")
     mnist = data.mnist5k()
-    yield "lenet5_bn", model, mnist.x_train, mnist.x_test[:batch]
+    yield "lenet5_bn", model, mnist.x_train, mnist.x_test[:batch], None
     torch.manual_seed(0)
     random = zoo.build("lenet5")
     for module in random.modules():
@@ -64,15 +64,15 @@ def networks(batch: int):
     rng = np.random.default_rng(0)
     shape = mnist.x_test.shape[1:]
     yield ("lenet5_bn_random", random, rng.uniform(0, 1, (1000, *shape)).astype(np.float32),
-           rng.uniform(0, 1, (batch, *shape)).astype(np.float32))
+           rng.uniform(0, 1, (batch, *shape)).astype(np.float32), (0.0, 1.0))
 
 
-def bench(name: str, model, calibration: np.ndarray, x: np.ndarray, repeats: int) -> list[dict]:
+def bench(name: str, model, calibration: np.ndarray, x: np.ndarray, input_range, repeats: int) -> list[dict]:
     reference = copy.deepcopy(model).double().eval()
     x_torch = torch.as_tensor(x, dtype=torch.float64)
     rows = []
     for variant in ("sparse", "exact"):
-        net = ttfs_brian.convert(model, calibration, variant=variant)
+        net = ttfs_brian.convert(model, calibration, variant=variant, input_range=input_range)
         res = simulate_analytic(net, x)  # warm-up, and the correctness figures
         check = ttfs_brian.verify(net, model, x, res)
         torch_s, analytic_s = [], []

@@ -42,3 +42,30 @@ def test_same_structure_reuses_everything_other_structures_recompile(tmp_path):
     assert 0 < other["cached"] < total  # shared set-up code only
     files = [p for p in (tmp_path / "cache").rglob("*") if p.is_file()]
     assert len(files) > total and not any(p.name.endswith(".tmp") for p in files)
+
+
+def test_second_simulator_in_one_process_reuses_everything(tmp_path, monkeypatch):
+    """Brian2 names code objects and clocks uniquely against every live object of the process: a second
+    simulator of the same network, built while the first one lives, generated ``..._codeobject_1`` sources
+    and compiled everything again."""
+    import numpy as np
+    import torch
+    import torch.nn as nn
+
+    import ttfs_brian
+    from ttfs_brian.brian import Simulator
+
+    monkeypatch.setenv("TTFS_BRIAN_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()
+    x = np.random.default_rng(0).random((6, 4)).astype(np.float32)
+    net = ttfs_brian.convert(model, x, dt=0.05)
+    first = Simulator(net, device="cpp_standalone", dt=0.05)
+    first.run(x)
+    second = Simulator(net, device="cpp_standalone", dt=0.05)
+    res = second.run(x)
+    assert first.adapter.cached_objects == 0
+    assert second.adapter.cached_objects > 20
+    assert not list((second.adapter.build_dir / "code_objects").glob("*_codeobject_1.cpp"))
+    assert ttfs_brian.compare(ttfs_brian.simulate(net, x), res)["max_abs_dt_ms"].iloc[:-1].max() < 1e-9
+    assert ttfs_brian.compare(ttfs_brian.simulate(net, x), first.run(x))["max_abs_dt_ms"].iloc[:-1].max() < 1e-9

@@ -111,7 +111,8 @@ class StandaloneAdapter:
             b2.prefs.devices.cpp_standalone.openmp_threads = self.threads
         set_device(self._device, build_on_run=False)
         try:
-            yield self._device
+            with toolchain.names_as_in_a_fresh_process():
+                yield self._device
         finally:
             b2.prefs.devices.cpp_standalone.openmp_threads = old_threads
             reset_device()

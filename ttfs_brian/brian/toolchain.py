@@ -8,11 +8,13 @@
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from ..errors import ToolchainError
@@ -66,6 +68,38 @@ def check_tools(device: str) -> None:
             raise ToolchainError(
                 f"device={device!r} needs the build tool '{tool}', which is not on PATH; install it "
                 "(e.g. apt-get install build-essential) or use device='runtime'")
+
+
+@contextlib.contextmanager
+def names_as_in_a_fresh_process() -> Iterator[None]:
+    """Brian2 makes a wildcard name (``layer_1_stateupdater_codeobject*``, ``layer_1_round_clock*``) unique
+    against every live Brian2 object of the process, so a second simulator of the same network in one
+    process generated ``..._codeobject_1``: other sources, nothing taken from the compile cache. Within this
+    context only the objects created inside it take names; each simulator has its own device, which
+    checks its own names for clashes."""
+    import importlib
+
+    from brian2.core import names
+
+    # the modules, not the ``device`` proxy that brian2.devices exports under the same name
+    users = [importlib.import_module(m) for m in ("brian2.core.names", "brian2.devices.device", "brian2.groups.group")]
+    original = names.find_name
+    existing = list(names.Nameable.__instances__())  # held, so that their ids stay theirs
+    taken_before = {id(ref) for ref in existing}
+
+    def find_name(name: str, taken=None) -> str:
+        if taken is None and name.endswith("*"):
+            taken = {obj.name for obj in (ref() for ref in names.Nameable.__instances__() if id(ref) not in taken_before)
+                     if obj is not None and hasattr(obj, "name")}
+        return original(name, taken)
+
+    for module in users:
+        module.find_name = find_name
+    try:
+        yield
+    finally:
+        for module in users:
+            module.find_name = original
 
 
 def configure_cuda(compute_capability: float | None = None) -> None:
