@@ -147,3 +147,21 @@ def test_study_grid_toml_and_local_cluster(tmp_path):
     assert len(summary) == 2 and (summary["trials"] == 2).all()  # two variants, two trials each
     assert (tmp_path / "robustness_digits_net.png").stat().st_size > 10_000
     assert "loses 1% accuracy" in readme.read_text() and "drop" in readme.read_text()
+
+
+def test_brian2_builds_in_a_worker_thread():
+    """A Dask worker runs cells in threads; the first Brian2 import there failed (its SIGINT handler)."""
+    script = (
+        "from concurrent.futures import ThreadPoolExecutor\n"
+        "import numpy as np, torch, torch.nn as nn, ttfs_brian\n"
+        "from ttfs_brian.brian import Simulator\n"
+        "torch.manual_seed(0)\n"
+        "model = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2)).eval()\n"
+        "x = np.random.default_rng(0).random((5, 4)).astype(np.float32)\n"
+        "net = ttfs_brian.convert(model, x, dt=0.05)\n"
+        "run = lambda: Simulator(net, dt=0.05, codegen_target='numpy').run(x)\n"
+        "res = ThreadPoolExecutor(1).submit(run).result()\n"
+        "print(ttfs_brian.compare(ttfs_brian.simulate(net, x), res)['max_abs_dt_ms'].iloc[:-1].max())\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert float(out.stdout.strip().splitlines()[-1]) < 1e-9

@@ -35,7 +35,7 @@ class RuntimeAdapter:
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[None]:
-        import brian2 as b2
+        b2 = toolchain.import_brian2()
         from brian2.devices.device import reset_device, set_device
 
         toolchain.quiet_known_warnings()
@@ -97,7 +97,7 @@ class StandaloneAdapter:
 
     @contextlib.contextmanager
     def activate(self) -> Iterator[Any]:
-        import brian2 as b2
+        b2 = toolchain.import_brian2()
         from brian2.devices.device import reset_device, set_device
 
         toolchain.quiet_known_warnings()

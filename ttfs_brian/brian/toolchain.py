@@ -13,7 +13,10 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,6 +71,22 @@ def check_tools(device: str) -> None:
             raise ToolchainError(
                 f"device={device!r} needs the build tool '{tool}', which is not on PATH; install it "
                 "(e.g. apt-get install build-essential) or use device='runtime'")
+
+
+def import_brian2():
+    """Brian2, imported from any thread. Its ``__init__`` installs a SIGINT handler, which Python allows only
+    in the main thread; a Dask worker runs its tasks in other threads, so there the handler is skipped."""
+    if "brian2" in sys.modules or threading.current_thread() is threading.main_thread():
+        import brian2
+
+        return brian2
+    install = signal.signal
+    signal.signal = lambda signum, handler: signal.getsignal(signum)
+    try:
+        import brian2
+    finally:
+        signal.signal = install
+    return brian2
 
 
 @contextlib.contextmanager
