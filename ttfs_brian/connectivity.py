@@ -34,8 +34,8 @@ from .projection import Projection, pair, window_grid
 class Connectivity:
     """Synapses from a layer of ``n_pre`` neurons onto one of ``n_post`` neurons (one sample).
 
-    ``pre``/``post`` are int64 flat neuron indices, ``weight`` the synaptic weights (all ones for
-    pools). ``fan_in[i]`` counts the synapses onto neuron ``i`` (for a pool, the number of valid,
+    ``pre``/``post`` are int64 flat neuron indices, sorted by ``pre``; ``weight`` the synaptic weights
+    (all ones for pools). ``fan_in[i]`` counts the synapses onto neuron ``i`` (for a pool, the number of valid,
     non-padding inputs of its pool window).
     """
 
@@ -66,8 +66,8 @@ def linear(weight: np.ndarray, n_pre: int | None = None) -> Connectivity:
     n_out, n_in = weight.shape
     if n_pre is not None and n_pre != n_in:
         raise ValueError(f"linear weight expects {n_in} inputs but the input layer has {n_pre} neurons")
-    post, pre = np.divmod(np.arange(n_out * n_in, dtype=np.int64), n_in)
-    return _nonzero(Connectivity(pre, post, weight.reshape(-1).copy(), n_in, n_out))
+    pre, post = np.divmod(np.arange(n_out * n_in, dtype=np.int64), n_out)
+    return _nonzero(Connectivity(pre, post, weight.T.reshape(-1).copy(), n_in, n_out))
 
 
 def identity(weight: np.ndarray, n_pre: int, offset: int = 0) -> Connectivity:
@@ -75,6 +75,13 @@ def identity(weight: np.ndarray, n_pre: int, offset: int = 0) -> Connectivity:
     weight = np.asarray(weight, dtype=np.float64).reshape(-1)
     post = np.arange(weight.size, dtype=np.int64)
     return _nonzero(Connectivity(post + offset, post, weight.copy(), n_pre, weight.size))
+
+
+def _by_source(conn: Connectivity) -> Connectivity:
+    """The same synapses ordered by source neuron (stable): a spike's synapses are then contiguous, which
+    Brian2's spike delivery reads ~3x faster than the scattered lists of the broadcast order."""
+    order = np.argsort(conn.pre, kind="stable")
+    return Connectivity(conn.pre[order], conn.post[order], conn.weight[order], conn.n_pre, conn.n_post)
 
 
 def _nonzero(conn: Connectivity) -> Connectivity:
@@ -110,7 +117,7 @@ def conv2d(weight: np.ndarray, in_shape: tuple[int, ...], out_shape: tuple[int, 
     pre = pre_full[valid_full].astype(np.int64)
     post = post_full[valid_full].astype(np.int64)
     w = w_full[valid_full].copy()
-    return _nonzero(Connectivity(pre, post, w, c_in * h_in * w_in, c_out * h_out * w_out))
+    return _nonzero(_by_source(Connectivity(pre, post, w, c_in * h_in * w_in, c_out * h_out * w_out)))
 
 
 def maxpool2d(in_shape: tuple[int, ...], out_shape: tuple[int, ...], *, kernel_size: Any, stride: Any = None,
@@ -132,7 +139,7 @@ def maxpool2d(in_shape: tuple[int, ...], out_shape: tuple[int, ...], *, kernel_s
     valid_full = np.broadcast_to(valid, full)
     pre = np.broadcast_to(c * (h_in * w_in) + iy * w_in + ix, full)[valid_full].astype(np.int64)
     post = np.broadcast_to(c * (h_out * w_out) + out_pos, full)[valid_full].astype(np.int64)
-    return Connectivity(pre, post, np.ones(pre.size), channels * h_in * w_in, channels * h_out * w_out)
+    return _by_source(Connectivity(pre, post, np.ones(pre.size), channels * h_in * w_in, channels * h_out * w_out))
 
 
 def for_projection(net: TTFSNetwork, layer: Layer, proj: Projection) -> Connectivity:

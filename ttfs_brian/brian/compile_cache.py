@@ -5,7 +5,7 @@ Networks of the same structure generate the same code, except that Brian2 orders
 clock resets and recorded variables by Python's string hashing, which differs from process to
 process. So each object is keyed by an order-insensitive fingerprint: the sorted lines of its source,
 of the headers every source includes (``objects.h``, its own header) and of the makefile (compiler,
-flags, Brian2's paths), plus the optimisation level. Before ``make`` the objects, precompiled headers and
+flags, Brian2's paths), plus the optimisation level. Before ``make`` the objects and
 the linked binary whose keys are cached are copied in, newer than their sources, so ``make`` only
 compiles what is new; after it the new ones are stored (written under a temporary name and renamed,
 so concurrent processes never see half a file). A changed structure changes a fingerprint and is
@@ -21,6 +21,8 @@ import os
 import shutil
 import time
 from pathlib import Path
+
+from .toolchain import SETUP_SOURCES
 
 log = logging.getLogger(__name__)
 
@@ -55,22 +57,24 @@ class ObjectCache:
         self.root = Path(root)
         common = _read(self.project / "makefile") + _read(self.project / "objects.h")
         self.keys: dict[Path, str] = {}
-        sources = sorted(self.project.glob("*.cpp")) + sorted((self.project / "code_objects").glob("*.cpp"))
+        sources = sorted(self.project.glob("*.cpp"))
+        if any(source.name.startswith("ttfs_unity_") for source in sources):  # the code objects are in these
+            sources = [source for source in sources if source.name not in SETUP_SOURCES]
+        else:
+            sources += sorted((self.project / "code_objects").glob("*.cpp"))
         for source in sources:
             header = source.with_suffix(".h")
             self.keys[source.with_suffix(".o")] = _fingerprint(common, _read(source), _read(header), source.name)
-        for pch in sorted(self.project.glob("ttfs_pch_*.h")):
-            self.keys[pch.with_name(pch.name + ".gch")] = _fingerprint(common, _read(pch), pch.name)
         self.keys[self.project / "main"] = _fingerprint(*sorted(self.keys.values()))
 
     def _entry(self, key: str, path: Path) -> Path:
         return self.root / key[:2] / f"{key}{path.suffix or '.bin'}"
 
-    def restore(self) -> int:
-        """Copy every cached file in, newer than everything ``make`` compares it with; returns how many."""
-        restored = 0
+    def restore(self) -> list[str]:
+        """Copy every cached file in, newer than everything ``make`` compares it with; returns their names."""
+        restored = []
         now = time.time()
-        ordered = sorted(self.keys.items(), key=lambda item: (item[0].suffix != ".gch", item[0].name == "main"))
+        ordered = sorted(self.keys.items(), key=lambda item: item[0].name == "main")
         for rank, (path, key) in enumerate(ordered):
             entry = self._entry(key, path)
             if not entry.exists():
@@ -78,10 +82,10 @@ class ObjectCache:
             shutil.copyfile(entry, path)
             if path.name == "main":
                 path.chmod(0o755)
-            stamp = now + 1 + rank * 1e-3  # precompiled headers, then objects, then the binary
+            stamp = now + 1 + rank * 1e-3  # objects, then the binary
             os.utime(path, (stamp, stamp))
-            restored += 1
-        log.info("compile cache: %d of %d compiled files restored from %s", restored, len(self.keys), self.root)
+            restored.append(path.name)
+        log.info("compile cache: %d of %d compiled files restored from %s", len(restored), len(self.keys), self.root)
         return restored
 
     def store(self) -> int:

@@ -83,8 +83,8 @@ class StandaloneAdapter:
     def __init__(self, threads: int | None = None, build_dir: Path | None = None, **_: Any):
         self.threads = threads
         self.build_dir = build_dir
-        self.cached_objects = 0
-        """Compiled files the last build took from :mod:`~ttfs_brian.brian.compile_cache`."""
+        self.cached_objects: list[str] = []
+        """Names of the compiled files the last build took from :mod:`~ttfs_brian.brian.compile_cache`."""
         self._device = None
 
     def _factory(self):
@@ -140,7 +140,7 @@ class StandaloneAdapter:
         makefile = self.build_dir / "makefile"
         before = (makefile.read_text(), makefile.stat()) if makefile.exists() else None
         self._device.build(directory=str(self.build_dir), compile=False, run=False, with_output=False)
-        toolchain.patch_makefile(makefile)
+        toolchain.patch_makefile(makefile, hot_parts=min(8, max(2, os.cpu_count() or 1)))
         if before is not None and makefile.read_text() == before[0]:
             # unchanged: keep its time stamp, so that make rebuilds only changed sources
             os.utime(makefile, ns=(before[1].st_atime_ns, before[1].st_mtime_ns))

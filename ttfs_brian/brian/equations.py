@@ -171,13 +171,14 @@ DEPARTURE = ("t_dep = (q_origin + ceil((t_spike - q_origin) / q_unit - 1e-9) * q
 DEPART_EVENT = "spiked and not departed and not lost and tr + dt > t_dep"
 DEPART_RESET = "departed = True"
 
-#: variant ``exact`` (SPEC 3): first crossing after the gate opens, or a forced spike at ``t_max``.
-EXACT_THRESHOLD = "not spiked and tr > t_fire - 0.5 * dt and (v >= theta or tr + dt >= t_max - tol * dt)"
+#: variant ``exact`` (SPEC 3): first crossing after the gate opens, or a forced spike at ``t_max``. (Conditions start
+#: with their per-layer part, which Brian2 hoists out of the loop over neurons: idle layers then skip it quickly.)
+EXACT_THRESHOLD = "tr > t_fire - 0.5 * dt and not spiked and (v >= theta or tr + dt >= t_max - tol * dt)"
 
 #: variant ``sparse`` (SPEC 4): only a crossing inside ``[t_min(n), t_max(n))``; silence otherwise.
 SPARSE_THRESHOLD = {
-    "precise": "not spiked and tr > t_fire - 0.5 * dt and v >= theta and t_cross < t_max - t_eps",
-    "grid": "not spiked and tr > t_fire - 0.5 * dt and v >= theta and tr < t_max - 0.5 * dt",
+    "precise": "tr > t_fire - 0.5 * dt and not spiked and v >= theta and t_cross < t_max - t_eps",
+    "grid": "tr > t_fire - 0.5 * dt and not spiked and v >= theta and tr < t_max - 0.5 * dt",
 }
 
 INTEGRATOR_RESET = {
@@ -261,4 +262,4 @@ END_OF_ROUND = "tr > t_end - 1.5 * dt"
 
 #: ``exact`` hidden neurons whose threshold crossing lies before ``t_min`` (``t_late``) report their
 #: final ``v`` and ``I`` at the end of the round, for the clipped/early-firing report
-REPORT_EVENT = "spiked and t_raw < t_late - t_eps and " + END_OF_ROUND
+REPORT_EVENT = END_OF_ROUND + " and spiked and t_raw < t_late - t_eps"

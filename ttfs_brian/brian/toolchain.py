@@ -1,7 +1,7 @@
 """Workarounds for the tools under Brian2, applied when a device is activated (never at import).
 
-- :func:`patch_makefile`: a cheaper ``make`` for ``cpp_standalone`` (precompiled headers, lower
-  optimisation for set-up code), with the same binary as a result;
+- :func:`patch_makefile`: a cheaper ``make`` for ``cpp_standalone`` (the code objects compiled as a few
+  translation units, lower optimisation for set-up code), with the same simulation code as a result;
 - :func:`configure_cuda`: brian2cuda preferences so that ``cuda_standalone`` code builds without a GPU;
 - :func:`quiet_known_warnings`: two Brian2 log warnings that do not apply to the networks built here;
 - :func:`check_tools`: a clear error when make, the C++ compiler or nvcc is missing.
@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -167,65 +168,93 @@ def configure_cuda(compute_capability: float | None = None) -> None:
 
 
 
-PCH_HEADER = "ttfs_pch_{level}.h"
-PCH_LEVELS = ("O3", "O1")
-PCH_INCLUDES = ('"objects.h"', '"synapses_classes.h"', '"brianlib/common_math.h"', '"brianlib/stdint_compat.h"',
-                "<cmath>", "<ctime>", "<iostream>", "<fstream>", "<climits>")
-"""What every generated code object includes (Brian2 2.9): one precompiled header instead of ~65 000
-preprocessed lines parsed again for each of the ~90 code objects."""
+HOT_CODE = re.compile(r"_pre_codeobject|_stateupdater_codeobject|_thresholder_codeobject|_step_codeobject")
+"""Code objects that loop over all neurons or synapses every step: compiled with ``-O3``. The others (set-up,
+resets, monitors, round starts, spike queues, ``after_run_*``) run rarely or over few elements: ``-O1``."""
+ROUND_CODE = re.compile(r"_round_codeobject")
+"""Round starts: the only code objects that read the per-round tables, whose period Brian2 writes into the code
+as a literal; in a unit of their own, a network with other windows recompiles only that one."""
+SETUP_SOURCES = ("network.cpp", "run.cpp")
+"""Brian2's own sources that go into the set-up translation unit with the set-up code objects (not ``main.cpp``:
+it holds the network's values, such as the round clock's period, which would change the unit's cache key)."""
+UNITY = "ttfs_unity_{part}.cpp"
 
 
-def patch_makefile(path: Path) -> None:
-    """Make Brian2's generated makefile cheaper to run, with the same binary as a result.
+def write_unity_sources(project: Path, hot_parts: int) -> list[str]:
+    """Write the code objects of a generated project as a few translation units; returns their object names.
 
-    Measured on LeNet-5 (~90 code objects, 2 cores): ``make`` from 34 s to ~10 s.
+    Every Brian2 code object is a small ``.cpp`` file that includes the same ~65 000 lines of headers:
+    parsing them (or loading them as a 47 MB precompiled header) was 0.2 of the 0.25 s each of LeNet-5's
+    84 code objects took to compile. Here the hot code objects are spread over ``hot_parts`` files
+    (balanced by size, one per core), the round starts (:data:`ROUND_CODE`) into one file and everything
+    else into one set-up file, so the headers are read once per file. Each code object keeps its own scope: its text is pasted inside a namespace of its
+    own (its helpers live in an anonymous namespace that would clash with the next object's), its headers
+    are included once at the top (their include guards make the pasted ``#include`` lines no-ops), and the
+    functions its header declares are defined globally as calls into that namespace. A file is rewritten
+    only when its text changes, so that ``make`` in a reused build directory recompiles only what changed.
+    """
+    sources = sorted((project / "code_objects").glob("*.cpp"))
+    hot = [s for s in sources if HOT_CODE.search(s.name) and not s.name.startswith("after_run_")]
+    bins: list[list[Path]] = [[] for _ in range(max(1, hot_parts))]
+    sizes = [0] * len(bins)
+    for source in sorted(hot, key=lambda s: (-s.stat().st_size, s.name)):  # largest first, onto the lightest
+        k = sizes.index(min(sizes))
+        bins[k].append(source)
+        sizes[k] += source.stat().st_size
+    units = {f"hot{k}": sorted(members) for k, members in enumerate(bins) if members}
+    units["rounds"] = [s for s in sources if ROUND_CODE.search(s.name)]
+    units["setup"] = [s for s in sources if s not in hot and s not in units["rounds"]]
+    written = []
+    for part, members in units.items():
+        includes, bodies, calls = [], [], []
+        for n, source in enumerate(members):
+            text = source.read_text()
+            includes += [line for line in text.splitlines() if line.startswith("#include")]
+            scope = f"_ttfs_object_{n}"
+            bodies.append(f"namespace {scope} {{\n{text}\n}}  // namespace {scope}")
+            header = source.with_suffix(".h").read_text()
+            calls += [f"void {name}() {{ {scope}::{name}(); }}" for name in re.findall(r"^void (\w+)\(\);", header, re.M)]
+        if part == "setup":
+            bodies += [(project / name).read_text() for name in SETUP_SOURCES]
+        content = "\n".join(["// generated by ttfs_brian.brian.toolchain.write_unity_sources", *dict.fromkeys(includes),
+                             *bodies, *calls]) + "\n"
+        path = project / UNITY.format(part=part)
+        if not path.exists() or path.read_text() != content:
+            path.write_text(content)
+        written.append(path.with_suffix(".o").name)
+    return written
 
-    - Every source except ``objects.cpp`` is compiled with a precompiled header (``-include
-      ttfs_pch_O3.h``, built once per optimisation level) of the headers that all code objects
-      include: parsing them was ~0.35 s of the ~0.5 s each code object took. Where GCC cannot use
-      the ``.gch`` it reads the header text instead, with the same result.
+
+def patch_makefile(path: Path, hot_parts: int = 2) -> None:
+    """Make Brian2's generated makefile cheaper to run, with the same simulation code as a result.
+
+    Measured on LeNet-5 (84 code objects, 2 cores): ``make`` from 34 s (Brian2's makefile) to ~4 s.
+
+    - The code objects are compiled as a few translation units (:func:`write_unity_sources`), and
+      ``network.cpp`` and ``run.cpp`` with the set-up ones.
     - Header dependencies come from ``-MMD`` during compilation instead of one serial ``g++ -MM``
       pass over all sources before it (several seconds for a LeNet-sized project).
     - ``objects.cpp`` (array allocation, file I/O and the ``run_args`` parser: several thousand lines,
-      no simulation code) is compiled with ``-O0`` instead of ``-O3`` (1.4 s instead of 7.3 s), and
-      the code objects that do not loop over all neurons or synapses every step (set-up, resets,
-      monitors, round starts, spike queues, ``main.cpp``) with ``-O1`` (another 1.4 s less for LeNet-5). The hot ones
-      (``-O3``) are the state updaters and leaky steps, the thresholders and the synaptic pathways
-      (``<target>__from__<source>_pre_codeobject``).
+      no simulation code) and ``main.cpp`` (calls in order) are compiled with ``-O0`` instead of ``-O3``
+      (objects: 1.4 s instead of 7.3 s), the set-up unit with ``-O1`` and the hot units with Brian2's ``-O3``.
     Without the expected lines (another Brian2 version) the makefile is left as it is.
     """
     text = path.read_text()
     rule = "make.deps: $(SRCS) $(H_SRCS)\n\t$(CXX) $(CXXFLAGS) -MM $(SRCS) > make.deps"
     include = "ifneq ($(wildcard $(DEPS)), )\ninclude $(DEPS)\nendif"
+    objects = "OBJS := ${OBJS:.c=.o}\n"
     compile_rule = "%.o : %.cpp makefile\n\t$(CXX) $(CXXFLAGS) $< -o $@"
-    if any(line not in text for line in (rule, include, compile_rule, "\nCXXFLAGS = ")):
+    if any(line not in text for line in (rule, include, objects, compile_rule, "\nCXXFLAGS = ")):
         log.debug("unexpected makefile layout; not patched")
         return
-    lines = "".join(f"#include {name}\n" for name in PCH_INCLUDES)
-    for level in PCH_LEVELS:
-        header = path.parent / PCH_HEADER.format(level=level)
-        if not header.exists() or header.read_text() != lines:  # unchanged: keep its time stamp (no rebuild)
-            header.write_text(lines)
+    units = write_unity_sources(path.parent, hot_parts)
+    absorbed = " ".join(name.replace(".cpp", ".o") for name in SETUP_SOURCES)
     text = text.replace(rule, "make.deps:\n\ttouch make.deps")
-    # One flag set per object, chosen in the recipe: target-specific variables would also apply to the
-    # precompiled header when it is built as a prerequisite, and GCC 12 crashes (or worse) on a header
-    # precompiled with other -O flags than the source that includes it.
+    text = text.replace(objects, objects + f"OBJS := $(filter-out code_objects/% {absorbed},$(OBJS)) {' '.join(units)}\n")
     text = text.replace(include, "\n".join([
         "-include $(OBJS:.o=.d)",
-        "PCH_OBJS = $(filter-out objects.o synapses_classes.o,$(OBJS))",
-        # (findstring, not a % pattern: Brian2 appends _1, _2, ... to the names while objects of an
-        # earlier simulator in the same process are alive)
-        "HOT_OBJS = $(foreach o,$(filter-out code_objects/after_run_%,$(OBJS)),$(if $(or "
-        "$(findstring _pre_codeobject,$o),$(findstring _stateupdater_codeobject,$o),"
-        "$(findstring _thresholder_codeobject,$o),$(findstring _step_codeobject,$o)),$o))",
-        "SETUP_OBJS = $(filter-out objects.o $(HOT_OBJS),$(OBJS))",
-        "LEVEL = $(if $(filter objects.o,$@),O0,$(if $(filter $@,$(SETUP_OBJS)),O1,O3))",
-        f"PCH = {PCH_HEADER.format(level='$(LEVEL)')}",
-        "$(PCH_OBJS): " + " ".join(f"{PCH_HEADER.format(level=level)}.gch" for level in PCH_LEVELS),
-        f"{PCH_HEADER.format(level='%')}.gch: {PCH_HEADER.format(level='%')} $(H_SRCS) $(wildcard brianlib/*.h) makefile"
-        "\n\t$(CXX) $(CXXFLAGS) -$* -x c++-header $< -o $@",
+        "LEVEL = $(if $(filter objects.o main.o,$@),O0,$(if $(filter ttfs_unity_hot%,$@),O3,O1))",
     ]))
-    text = text.replace(compile_rule, "%.o : %.cpp makefile\n"
-                        "\t$(CXX) $(CXXFLAGS) -$(LEVEL) $(if $(filter $@,$(PCH_OBJS)),-include $(PCH)) $< -o $@")
+    text = text.replace(compile_rule, "%.o : %.cpp makefile\n\t$(CXX) $(CXXFLAGS) -$(LEVEL) $< -o $@")
     text = text.replace("\nCXXFLAGS = ", "\nCXXFLAGS = -MMD -MP ", 1)
     path.write_text(text)
