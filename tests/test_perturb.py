@@ -169,6 +169,29 @@ def test_draws_do_not_depend_on_batches_or_sharding(nets):
     np.testing.assert_array_equal(normal(5, "k", np.arange(10)), normal(5, "k", np.arange(20))[:10])
 
 
+@pytest.mark.parametrize("perturbation", [None, Perturbation("spike_jitter", 0.05, seed=3),
+                                          Perturbation("drop", 0.2, seed=4)], ids=["closed_form", "jitter", "drop"])
+def test_the_analytic_engine_solves_in_sample_chunks_with_the_same_result(nets, monkeypatch, perturbation):
+    """The engine works through a batch in chunks of ``SAMPLE_CHUNK`` samples (cache-sized); the pieces must
+    join into the same spikes, flags, drop counts and report as one pass over the whole batch."""
+    from ttfs_brian import analytic
+
+    net, _ = nets[("conv", "exact")]
+    x = np.random.default_rng(10).random((11, 1, 6, 6)).astype(np.float32) * 1.5  # some inputs out of range
+    whole = simulate_analytic(net, x, perturbation=perturbation)
+    monkeypatch.setattr(analytic, "SAMPLE_CHUNK", 4)
+    chunked = simulate_analytic(net, x, perturbation=perturbation)
+    np.testing.assert_array_equal(whole.logits, chunked.logits)
+    for key, times in whole.spike_times.items():
+        np.testing.assert_array_equal(times, chunked.spike_times[key], err_msg=key)
+    for reason, mask in whole.reasons.items():
+        np.testing.assert_array_equal(mask, chunked.reasons[reason], err_msg=reason)
+    assert whole.reasons["input_out_of_range"].any()
+    assert whole.report.equals(chunked.report), f"\n{whole.report}\n{chunked.report}"
+    if perturbation is not None and perturbation.kind == "drop":
+        assert whole.report["dropped"].sum() > 0
+
+
 def test_input_jitter_spreads_first_layer_spikes_by_sigma_times_weight_norm():
     """Without clipping or early firing, t_i = (theta + t_on + sum_j J_j a_j + beta t_min) / s, so an input
     jitter of sigma spreads t_i by sigma * ||J_i|| / s_i = sigma * ||W_i||_2 (W after rescaling)."""
