@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import brian2  # noqa: F401  (imported once per process, ~2 s with pylab: not part of a simulator's cost)
 import pandas as pd
 
 import ttfs_brian
@@ -31,7 +32,7 @@ from ttfs_brian.cost import synaptic_events
 
 log = logging.getLogger("bench_brian2")
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-KEY = ["variant", "device", "timing", "dt", "images", "batch_size", "cache"]
+KEY = ["variant", "device", "timing", "dt", "images", "batch_size", "cache", "threads"]
 
 
 def main() -> None:
@@ -61,7 +62,8 @@ def main() -> None:
                for cache in (("cold", "warm") if device == "cpp_standalone" else ("none",))]
     cache_root = Path(tempfile.mkdtemp(prefix="bench_brian2_cache_"))
     for variant, device, timing, dt, n, cache in configs:
-        if (variant, device, timing, str(dt), str(n), batch, cache) in seen:
+        threads = args.threads if device == "cpp_standalone" else 1
+        if (variant, device, timing, str(dt), str(n), batch, cache, str(threads)) in seen:
             log.info("skipping %s %s %s dt=%s cache %s (done)", variant, device, timing, dt, cache)
             continue
         # cold: a folder of its own, empty; warm: the folder its cold twin filled (built again if skipped)
@@ -82,7 +84,7 @@ def main() -> None:
         row = {
             "variant": variant, "device": device, "timing": timing, "dt": dt, "images": n, "batch_size": batch,
             "cache": cache,
-            "threads": args.threads if device == "cpp_standalone" else 1,
+            "threads": threads,
             "replicas": result.meta.get("replicas"), "rounds": result.meta.get("rounds"), "n_synapses": result.meta.get("n_synapses"),
             "build_s": result.meta["build_s"], "compile_s": result.meta["compile_s"], "run_s": result.meta["run_s"],
             "total_s": total_s, "per_image_ms": 1e3 * total_s / n,

@@ -23,7 +23,7 @@ pass its spike on one step late.
 Rounds (standalone): a ``run_regularly`` on a clock of period ``P`` (slot ``start``) resets each
 group's per-sample state, moves ``round_step`` to the round start and loads the input spike times of
 the round from the table. Results never come from the final state: ``SpikeMonitor`` s record
-``t_spike`` (and ``t_raw`` of hidden neurons) with the absolute ``t`` that names the round; the
+``t_spike`` (and ``t_raw`` of ``sparse`` hidden neurons) with the absolute ``t`` that names the round; the
 output's ``v`` is read by a custom event on the last step of each round, and in ``exact`` the
 neurons that crossed their threshold before ``t_min`` report their final ``v`` and ``I`` the same way.
 """
@@ -157,7 +157,8 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
                                                                 name=f"{name}_readout")
         if layer.kind != "output":
             _schedule(group, k)
-            variables = ["t_spike", "t_raw"] if layer.kind == "neuron" else ["t_spike"]
+            # the raw crossing tells which neurons crossed before t_min; in exact the report event says it
+            variables = ["t_spike", "t_raw"] if layer.kind == "neuron" and net.variant != "exact" else ["t_spike"]
             if layer.kind == "neuron" and structure.departures:
                 variables.append("lost")
             monitors[(layer.name, "spikes")] = b2.SpikeMonitor(group, variables=variables, when="after_resets",

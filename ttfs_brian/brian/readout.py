@@ -41,22 +41,25 @@ class Collector:
                 sample, neuron, (v,) = _events(built, layer.name, size, "readout", "v")
                 self.raw[name][(offset + sample) * size + neuron] = v
                 continue
-            names = ("t_spike", "t_raw") if layer.kind == "neuron" else ("t_spike",)
+            raw = layer.kind == "neuron" and net.variant != "exact"
+            names = ("t_spike", "t_raw") if raw else ("t_spike",)
             if layer.kind == "neuron" and departures:
                 names += ("lost",)
             sample, neuron, values = _events(built, layer.name, size, "spikes", *names)
             flat = (offset + sample) * size + neuron
             if layer.kind == "neuron" and departures:
-                self.lost[name].append(flat[values[2].astype(bool)])
+                self.lost[name].append(flat[values[-1].astype(bool)])
             self.raw[name][flat] = values[0] * 1e3  # Brian2 stores seconds
-            if layer.kind == "neuron":
+            if raw:
                 self.crossed[name].append(flat[values[1] * 1e3 < layer.t_min - eq.TIME_EPS_MS])
             if first:
                 in_sample_0 = sample == 0
                 self.meta.setdefault("spike_monitor", {})[name] = (neuron[in_sample_0], values[0][in_sample_0] * 1e3)
-            if (name, "report") in built.monitors:
+            if (name, "report") in built.monitors:  # exact: the neurons that crossed before t_min (= t_late)
                 sample, neuron, (v, current) = _events(built, layer.name, size, "report", "v", "I")
-                self.reports[name].append(((offset + sample) * size + neuron, v.copy(), current.copy()))
+                reported = (offset + sample) * size + neuron
+                self.crossed[name].append(reported)
+                self.reports[name].append((reported, v.copy(), current.copy()))
         if first:
             period = built.timing.period_ms
             for (name, kind), monitor in built.monitors.items():
