@@ -187,10 +187,11 @@ def write_unity_sources(project: Path, hot_parts: int) -> list[str]:
     parsing them (or loading them as a 47 MB precompiled header) was 0.2 of the 0.25 s each of LeNet-5's
     84 code objects took to compile. Here the hot code objects are spread over ``hot_parts`` files
     (balanced by size, one per core), the round starts (:data:`ROUND_CODE`) into one file and everything
-    else into one set-up file, so the headers are read once per file. Each code object keeps its own scope: its text is pasted inside a namespace of its
-    own (its helpers live in an anonymous namespace that would clash with the next object's), its headers
-    are included once at the top (their include guards make the pasted ``#include`` lines no-ops), and the
-    functions its header declares are defined globally as calls into that namespace. A file is rewritten
+    else into one set-up file, so the headers are read once per file. Each code object keeps its own
+    scope: its text is pasted inside a namespace of its own (its helpers live in an anonymous namespace
+    that would clash with the next object's), its headers are included once at the top (their include
+    guards make the pasted ``#include`` lines no-ops), and the functions its header declares are defined
+    globally as calls into that namespace. A file is rewritten
     only when its text changes, so that ``make`` in a reused build directory recompiles only what changed.
     """
     sources = sorted((project / "code_objects").glob("*.cpp"))
