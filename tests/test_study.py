@@ -32,7 +32,7 @@ latency_ms = 0.2
 [kinds.zeta]
 levels = [-0.5, 0.5]
 """
-CELLS = 2 * 2 * 2 * 3 * 3  # variants x kinds x levels x trials x shards
+CELLS = 2 * (2 * 3 + 2 * 1) * 3  # variants x (jitter levels x trials + zeta levels x one trial) x shards
 
 
 def free_port() -> int:
@@ -135,7 +135,10 @@ def test_killed_client_resumes_without_repeating(cluster, tmp_path):
 def test_study_grid_toml_and_local_cluster(tmp_path):
     (tmp_path / "study.toml").write_text(STUDY)
     study = Study.from_toml(tmp_path / "study.toml")
-    assert len(study.cells({"digits": 500})) == CELLS
+    cells = study.cells({"digits": 500})
+    assert len(cells) == CELLS
+    assert {c.trial for c in cells if c.kind == "zeta"} == {0}  # a conversion parameter draws nothing
+    assert {c.trial for c in cells if c.kind == "spike_jitter"} == {0, 1, 2}
     study.kinds = {"drop": {"levels": [0.1]}}
     study.trials, study.samples, study.shard = 2, 60, 60
     rows = run_study(study, tmp_path / "rows.csv", workers=1)

@@ -9,7 +9,9 @@ Every perturbation draw depends only on (seed, kind, sample index) (:mod:`ttfs_b
 shards, workers and engines see the same noise. Workers keep converted networks and Brian2 simulators
 per process: one compiled binary per network and structure, whatever the level or seed.
 
-``kind = "zeta"`` is the window margin: a conversion parameter, so its cells reconvert.
+``kind = "zeta"`` is the window margin: a conversion parameter, so its cells reconvert. It and the
+deterministic kinds of :data:`~ttfs_brian.perturb.KINDS` draw nothing, so they get one trial: repeating them
+would compute the same row sixteen times.
 """
 from __future__ import annotations
 
@@ -135,11 +137,16 @@ class Study:
                     for kind, spec in self.kinds.items():
                         options = tuple(sorted((k, v) for k, v in spec.items() if k != "levels"))
                         for level in spec["levels"]:
-                            for trial in range(trials):
+                            for trial in range(trials if is_random(kind) else 1):
                                 for shard, size in shards:
                                     out.append(Cell(arch, dataset, variant, engine, kind, float(level), trial, shard,
                                                     size, shard * self.shard, options, self.dt))
         return out
+
+
+def is_random(kind: str) -> bool:
+    """Whether a kind draws anything, i.e. whether its trials (seeds) differ."""
+    return kind != "zeta" and KINDS[kind] != "deterministic"
 
 
 def split_model(model: str) -> tuple[str, str]:
