@@ -168,3 +168,26 @@ def test_brian2_builds_in_a_worker_thread():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     assert float(out.stdout.strip().splitlines()[-1]) < 1e-9
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_worker_heap_tuning_stops_the_page_faults_of_dasks_trim_threshold():
+    """Dask's workers run with MALLOC_TRIM_THRESHOLD_=65536, which made every MB-sized temporary a fresh mmap."""
+    script = (
+        "import resource, sys, numpy as np\n"
+        "from ttfs_brian.study import tune_worker_heap\n"
+        "def faults():\n"
+        "    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt\n"
+        "    for _ in range(200):\n"
+        "        np.ones(1 << 19)  # 4 MiB, written\n"
+        "    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before\n"
+        "untuned = faults()\n"
+        "assert tune_worker_heap()\n"
+        "faults()  # the heap grows once\n"
+        "print(untuned, faults())\n")
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    untuned, tuned = map(int, out.stdout.split())
+    assert untuned > 100 * 1024  # 200 arrays x 1024 pages, each faulted in afresh
+    assert tuned < untuned / 20

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from distributed.diagnostics.plugin import WorkerPlugin
 
 from .errors import InputError
 from .perturb import KINDS, Perturbation
@@ -256,6 +257,35 @@ def measure(net, nominal, result, labels: np.ndarray, cell: Cell) -> dict[str, A
     }
 
 
+# --------------------------------------------------------------------------- the workers' heap
+def tune_worker_heap() -> bool:
+    """Let glibc keep freed memory in this process (``True`` if it could: glibc only).
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also switches off glibc's
+    adaptive mmap threshold, so every chunk-sized tensor of a cell (MBs) was a fresh ``mmap`` and page faults
+    on every write: a LeNet-5 cell took 4.5 s in a worker against 1.5 s outside. A fixed 32 MiB mmap
+    threshold and a 256 MiB trim threshold bring it to 1.15 s."""
+    import ctypes
+    import ctypes.util
+    import platform
+
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c"))
+    m_trim_threshold, m_mmap_threshold = -1, -3  # glibc's malloc.h
+    return bool(libc.mallopt(m_trim_threshold, 256 << 20)) and bool(libc.mallopt(m_mmap_threshold, 32 << 20))
+
+
+class _WorkerHeap(WorkerPlugin):
+    """A Dask worker plugin: :func:`tune_worker_heap` in every worker, also those of an existing cluster."""
+
+    name = "ttfs-brian-heap"
+
+    def setup(self, worker) -> None:
+        tuned = tune_worker_heap()
+        log.debug("worker %s: heap thresholds %s", worker.address, "set" if tuned else "left (not glibc)")
+
+
 # --------------------------------------------------------------------------- the client
 def run_study(study: Study, out: str | Path, *, scheduler: str | None = None, workers: int = 2,
               retries: int = 3) -> pd.DataFrame:
@@ -281,6 +311,7 @@ def run_study(study: Study, out: str | Path, *, scheduler: str | None = None, wo
         client = Client(scheduler)
     try:
         log.info("Dask dashboard: %s", client.dashboard_link)
+        client.register_plugin(_WorkerHeap())
         futures = client.map(run_cell, todo, retries=retries, pure=False)
         with tqdm(total=len(futures), desc="study cells", unit="cell") as progress:
             for future in as_completed(futures):

@@ -157,10 +157,7 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
                                                                 name=f"{name}_readout")
         if layer.kind != "output":
             _schedule(group, k)
-            # the raw crossing tells which neurons crossed before t_min; in exact the report event says it
-            variables = ["t_spike", "t_raw"] if layer.kind == "neuron" and net.variant != "exact" else ["t_spike"]
-            if layer.kind == "neuron" and structure.departures:
-                variables.append("lost")
+            variables = list(eq.spike_monitor_variables(layer.kind, net.variant, structure.departures))
             monitors[(layer.name, "spikes")] = b2.SpikeMonitor(group, variables=variables, when="after_resets",
                                                                order=10 * k + 5, name=f"{name}_spikes")
         if multiplexed:

@@ -263,3 +263,12 @@ END_OF_ROUND = "tr > t_end - 1.5 * dt"
 #: ``exact`` hidden neurons whose threshold crossing lies before ``t_min`` (``t_late``) report their
 #: final ``v`` and ``I`` at the end of the round, for the clipped/early-firing report
 REPORT_EVENT = END_OF_ROUND + " and spiked and t_raw < t_late - t_eps"
+
+
+def spike_monitor_variables(layer_kind: str, variant: str, departures: bool) -> tuple[str, ...]:
+    """What a population's spike monitor records, in this order: ``t_spike``; ``t_raw`` for ``sparse`` hidden
+    neurons (the raw crossing says which crossed before ``t_min``; ``exact`` has :data:`REPORT_EVENT` for that);
+    ``lost`` for hidden neurons when spikes can be dropped."""
+    hidden = layer_kind == "neuron"
+    raw = ("t_raw",) if hidden and variant != "exact" else ()
+    return ("t_spike",) + raw + (("lost",) if hidden and departures else ())

@@ -41,17 +41,15 @@ class Collector:
                 sample, neuron, (v,) = _events(built, layer.name, size, "readout", "v")
                 self.raw[name][(offset + sample) * size + neuron] = v
                 continue
-            raw = layer.kind == "neuron" and net.variant != "exact"
-            names = ("t_spike", "t_raw") if raw else ("t_spike",)
-            if layer.kind == "neuron" and departures:
-                names += ("lost",)
+            names = eq.spike_monitor_variables(layer.kind, net.variant, departures)
             sample, neuron, values = _events(built, layer.name, size, "spikes", *names)
+            recorded = dict(zip(names, values))
             flat = (offset + sample) * size + neuron
-            if layer.kind == "neuron" and departures:
-                self.lost[name].append(flat[values[-1].astype(bool)])
-            self.raw[name][flat] = values[0] * 1e3  # Brian2 stores seconds
-            if raw:
-                self.crossed[name].append(flat[values[1] * 1e3 < layer.t_min - eq.TIME_EPS_MS])
+            if "lost" in recorded:
+                self.lost[name].append(flat[recorded["lost"].astype(bool)])
+            self.raw[name][flat] = recorded["t_spike"] * 1e3  # Brian2 stores seconds
+            if "t_raw" in recorded:
+                self.crossed[name].append(flat[recorded["t_raw"] * 1e3 < layer.t_min - eq.TIME_EPS_MS])
             if first:
                 in_sample_0 = sample == 0
                 self.meta.setdefault("spike_monitor", {})[name] = (neuron[in_sample_0], values[0][in_sample_0] * 1e3)
