@@ -143,6 +143,8 @@ def configure_cuda(compute_capability: float | None = None) -> None:
     # CUDA >= 13's Thrust/CUB need C++17, for nvcc and for the host compiler flags it forwards.
     backend.extra_compile_args_nvcc = [f for f in backend.extra_compile_args_nvcc if not f.startswith("-std=")] + \
         ["-std=c++17"]
+    # Brian2 runs `make -j` unbounded: one nvcc per code object at once, about 1 GB each (Thrust templates)
+    b2.prefs.devices.cpp_standalone.extra_make_args_unix = [f"-j{os.cpu_count() or 1}"]
     gcc_flags = b2.prefs.codegen.cpp.extra_compile_args_gcc
     b2.prefs.codegen.cpp.extra_compile_args_gcc = [f for f in gcc_flags if not f.startswith("-std=")] + ["-std=c++17"]
     try:
