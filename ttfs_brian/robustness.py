@@ -111,6 +111,12 @@ def figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
+def _trial_counts(summary: pd.DataFrame) -> str:
+    noisy = summary[summary["kind"] != "zeta"]
+    counts = noisy.groupby(["model", "engine"])["trials"].max()
+    return "; ".join(f"{model} {engine} {n}" for (model, engine), n in counts.items()) or "none"
+
+
 def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str]) -> Path:
     """``summary.csv``, the figures and ``README.md`` of a study in ``out_dir``."""
     summary = aggregate(rows)
@@ -119,9 +125,10 @@ def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str]) -> Pat
     losing.to_csv(out_dir / "losing_levels.csv", index=False)
     paths = figures(summary, out_dir)
     lines = ["# Robustness", "",
-             "The reference grid of SPEC section 8 (spike jitter, input jitter, alpha mismatch, window margin zeta; "
-             "16 trials each) on the bundled models, analytic engine on the test split and Brian2 "
-             "(cpp_standalone, precise timing) on a subset at the same seeds. Every draw depends only on the seed, "
+             "The reference grid of SPEC section 8 (spike jitter, input jitter, alpha mismatch, window margin zeta) "
+             "on the bundled models, analytic engine on the test split and Brian2 (cpp_standalone, precise timing) on "
+             "a subset at the same seeds. Trials (seeds) per level and engine, for kinds that draw noise; zeta draws "
+             f"nothing and runs once: {_trial_counts(summary)}. Every draw depends only on the seed, "
              "the kind and the sample, so both engines saw the same noise. Rows: `rows.csv` (one per cell), "
              "`summary.csv` (mean and 95 % CI over trials), `losing_levels.csv`.", "",
              f"## Where each model loses {LOSS:.0%} accuracy", "",
