@@ -191,3 +191,16 @@ def test_worker_heap_tuning_stops_the_page_faults_of_dasks_trim_threshold():
     untuned, tuned = map(int, out.stdout.split())
     assert untuned > 100 * 1024  # 200 arrays x 1024 pages, each faulted in afresh
     assert tuned < untuned / 20
+
+
+def test_a_brian2_cell_is_checked_against_the_analytic_engine_draw_for_draw(tmp_path):
+    from ttfs_brian.study import Cell, run_cell
+
+    cell = Cell("digits_net", "digits", "exact", "brian2", "spike_jitter", 0.02, 3, 0, 6, start=10,
+                options=(("latency_ms", 0.2),))
+    row = run_cell(cell)
+    assert row["twin_max_abs_dt_ms"] <= 1e-9
+    assert row["twin_unmatched_spikes"] == 0 and row["twin_disagreements"] == 0
+    assert row["max_abs_dt_ms"] > 1e-3  # the jitter did move spikes: the twin saw the same draws, not none
+    readme = write_report(pd.DataFrame([row]), tmp_path).read_text()
+    assert "draw for draw" in readme and re.search(r"\| digits_net\s+\| exact\s+\|\s+1 \|", readme)

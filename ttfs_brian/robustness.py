@@ -70,8 +70,9 @@ def losing_levels(summary: pd.DataFrame) -> pd.DataFrame:
 
 
 def figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
-    """Accuracy and agreement against the level, per model and kind: one curve per variant, analytic solid and
-    Brian2 dashed, with 95 % confidence bands; log-scale levels (linear for zeta)."""
+    """Accuracy change (against the unperturbed network on the same samples, so that Brian2's subset and the
+    analytic test split share one axis) and agreement against the level, per model and kind: one curve per
+    variant, analytic solid and Brian2 dashed, with 95 % confidence bands; log-scale levels (linear for zeta)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,14 +91,16 @@ def figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
                     style = "-" if engine == "analytic" else "--"
                     color = "tab:blue" if variant == "exact" else "tab:orange"
                     level = curve["level"].to_numpy()
-                    ax.plot(level, curve[metric], style, color=color, marker="o", ms=3, label=f"{variant}, {engine}")
-                    ax.fill_between(level, curve[metric] - curve[f"{metric}_ci95"],
-                                    curve[metric] + curve[f"{metric}_ci95"], color=color, alpha=0.15)
+                    value = curve[metric] - (curve["nominal_accuracy"] if metric == "accuracy" else 0)
+                    ax.plot(level, value, style, color=color, marker="o", ms=3, label=f"{variant}, {engine}")
+                    ax.fill_between(level, value - curve[f"{metric}_ci95"], value + curve[f"{metric}_ci95"],
+                                    color=color, alpha=0.15)
+                if metric == "accuracy":
+                    ax.axhline(-LOSS, color="grey", lw=0.8, ls=":")
                 if kind != "zeta":
                     ax.set_xscale("log")
                 ax.set_xlabel(f"{kind} level" + (" (ms)" if kind.endswith("jitter") else ""))
-                ax.set_ylabel(metric)
-                ax.set_ylim(-0.02, 1.02)
+                ax.set_ylabel("accuracy change" if metric == "accuracy" else "agreement")
                 ax.grid(alpha=0.3)
                 if row == 0:
                     ax.set_title(kind)
@@ -115,6 +118,28 @@ def _trial_counts(summary: pd.DataFrame) -> str:
     noisy = summary[summary["kind"] != "zeta"]
     counts = noisy.groupby(["model", "engine"])["trials"].max()
     return "; ".join(f"{model} {engine} {n}" for (model, engine), n in counts.items()) or "none"
+
+
+def twin_check(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per model and variant: how far Brian2 cells were from the analytic engine given the same draws."""
+    if "twin_max_abs_dt_ms" not in rows:  # rows from before the check
+        return pd.DataFrame()
+    brian = rows[(rows["engine"] == "brian2") & rows["twin_max_abs_dt_ms"].notna()]
+    if brian.empty:
+        return pd.DataFrame()
+    return brian.groupby(["model", "variant"], as_index=False).agg(
+        cells=("trial", "size"), samples=("samples", "sum"), max_abs_dt_ms=("twin_max_abs_dt_ms", "max"),
+        unmatched_spikes=("twin_unmatched_spikes", "sum"), class_disagreements=("twin_disagreements", "sum"))
+
+
+def _twin_lines(rows: pd.DataFrame) -> list[str]:
+    table = twin_check(rows)
+    if table.empty:
+        return []
+    return ["## Brian2 against the analytic engine, draw for draw", "",
+            "Every Brian2 cell is also solved by the analytic engine with the same perturbation, seed and samples: "
+            "the worst spike-time difference over all its spikes, the spikes that one engine emitted and the other "
+            "did not, and the samples whose class differs.", "", table.to_markdown(index=False, floatfmt=".2g"), ""]
 
 
 def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str]) -> Path:
@@ -136,7 +161,7 @@ def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str]) -> Pat
              "zeta) at which the mean accuracy over trials is 1 % (absolute) below the unperturbed accuracy; "
              "`relative_to_windows`: that level divided by each hidden layer's window (smallest .. largest); empty: "
              "no tested level lost 1 %.", "", losing.to_markdown(index=False, floatfmt=".3g"), "",
-             "## Commands", "", "```bash", *commands, "```", "", "## Figures", ""]
+             *_twin_lines(rows), "## Commands", "", "```bash", *commands, "```", "", "## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in paths]
     path = out_dir / "README.md"
     path.write_text("\n".join(lines) + "\n")

@@ -48,7 +48,10 @@ TIME_KINDS = ("spike_jitter", "input_jitter")
 
 COLUMNS = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples", "accuracy",
            "nominal_accuracy", "agreement", "flagged", "spikes_per_neuron", "dropped", "mean_abs_dt_ms", "max_abs_dt_ms", "level_ms",
-           "level_rel_min", "level_rel_max", "layers", "wall_s"]
+           "level_rel_min", "level_rel_max", "layers", "twin_max_abs_dt_ms", "twin_unmatched_spikes",
+           "twin_disagreements", "wall_s"]
+"""``twin_*`` (Brian2 cells): against the analytic engine given the same perturbation and samples, the worst
+spike-time difference, the spikes present in one engine only, and the samples whose class differs."""
 KEY = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples"]
 
 
@@ -219,27 +222,44 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     net = _network(cell.model, cell.dataset, cell.variant, zeta, cell.dt)
     nominal = _nominal(cell.model, cell.dataset, cell.variant, cell.dt, start, cell.samples, cell.kind, cell.options)
     perturbation = cell.perturbation()
+    from .analytic import simulate_analytic
+
+    twin = simulate_analytic(net, x, perturbation=perturbation, indices=indices)
     if cell.engine == "analytic":
-        from .analytic import simulate_analytic
-        result = simulate_analytic(net, x, perturbation=perturbation, indices=indices)
+        result, checks = twin, {}
     else:
         result = _simulator(cell, net, perturbation).run(x, perturbation=perturbation, indices=indices)
-    return {**cell.key, **measure(net, nominal, result, y, cell), "wall_s": time.perf_counter() - started}
+        shifts = spike_shifts(net, twin, result).values()
+        checks = {"twin_max_abs_dt_ms": max([v["max_abs_dt_ms"] for v in shifts] or [0.0]),
+                  "twin_unmatched_spikes": sum(v["unmatched"] for v in shifts),
+                  "twin_disagreements": int((twin.predictions != result.predictions).sum())}
+    return {**cell.key, **measure(net, nominal, result, y, cell), **checks, "wall_s": time.perf_counter() - started}
+
+
+def spike_shifts(net, a, b) -> dict[str, dict[str, float]]:
+    """Per spiking layer: mean and max |t_a - t_b| over the neurons that fired in both, and how many fired in
+    one result only."""
+    out = {}
+    for layer in net.coded_layers():
+        if layer.kind == "input" or layer.name not in a.spike_times:
+            continue
+        ta, tb = a.spike_times[layer.name], b.spike_times[layer.name]
+        both = ~np.isnan(ta) & ~np.isnan(tb)
+        dt = np.abs(ta[both] - tb[both])
+        out[layer.name] = {"mean_abs_dt_ms": float(dt.mean()) if dt.size else 0.0,
+                           "max_abs_dt_ms": float(dt.max()) if dt.size else 0.0,
+                           "unmatched": int((np.isnan(ta) != np.isnan(tb)).sum())}
+    return out
 
 
 def measure(net, nominal, result, labels: np.ndarray, cell: Cell) -> dict[str, Any]:
     """The row of a cell: accuracy, agreement with the unperturbed network, flags, spike-time shifts per layer."""
     layers = {}
-    for layer in net.coded_layers():
-        if layer.kind == "input" or layer.name not in nominal.spike_times:
-            continue
-        a, b = nominal.spike_times[layer.name], result.spike_times[layer.name]
-        both = ~np.isnan(a) & ~np.isnan(b)
-        dt = np.abs(a[both] - b[both])
+    for name, shift in spike_shifts(net, nominal, result).items():
+        layer = net.layers[name]
         window = layer.t_max - layer.t_min
-        layers[layer.name] = {"mean_abs_dt_ms": float(dt.mean()) if dt.size else 0.0,
-                              "max_abs_dt_ms": float(dt.max()) if dt.size else 0.0, "window_ms": window,
-                              "level_rel": cell.level / window if cell.kind in TIME_KINDS else cell.level}
+        layers[name] = {"mean_abs_dt_ms": shift["mean_abs_dt_ms"], "max_abs_dt_ms": shift["max_abs_dt_ms"],
+                        "window_ms": window, "level_rel": cell.level / window if cell.kind in TIME_KINDS else cell.level}
     report = result.report[result.report["kind"] != "input"]
     rel = [v["level_rel"] for v in layers.values()] or [cell.level]
     return {
