@@ -200,7 +200,7 @@ def test_a_brian2_cell_is_checked_against_the_analytic_engine_draw_for_draw(tmp_
                 options=(("latency_ms", 0.2),))
     row = run_cell(cell)
     assert row["twin_max_abs_dt_ms"] <= 1e-9
-    assert row["twin_unmatched_spikes"] == 0 and row["twin_disagreements"] == 0
+    assert row["twin_unmatched_spikes"] == 0 and row["twin_disagreements"] == 0 and row["twin_flag_mismatches"] == 0
     assert row["max_abs_dt_ms"] > 1e-3  # the jitter did move spikes: the twin saw the same draws, not none
     readme = write_report(pd.DataFrame([row]), tmp_path).read_text()
     assert "draw for draw" in readme and re.search(r"\| digits_net\s+\| exact\s+\|\s+1 \|", readme)

@@ -129,7 +129,8 @@ def twin_check(rows: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     return brian.groupby(["model", "variant"], as_index=False).agg(
         cells=("trial", "size"), samples=("samples", "sum"), max_abs_dt_ms=("twin_max_abs_dt_ms", "max"),
-        unmatched_spikes=("twin_unmatched_spikes", "sum"), class_disagreements=("twin_disagreements", "sum"))
+        flagged=("flagged", "sum"), unmatched_spikes=("twin_unmatched_spikes", "sum"),
+        class_disagreements=("twin_disagreements", "sum"), flag_mismatches=("twin_flag_mismatches", "sum"))
 
 
 def _twin_lines(rows: pd.DataFrame) -> list[str]:
@@ -137,9 +138,11 @@ def _twin_lines(rows: pd.DataFrame) -> list[str]:
     if table.empty:
         return []
     return ["## Brian2 against the analytic engine, draw for draw", "",
-            "Every Brian2 cell is also solved by the analytic engine with the same perturbation, seed and samples: "
-            "the worst spike-time difference over all its spikes, the spikes that one engine emitted and the other "
-            "did not, and the samples whose class differs.", "", table.to_markdown(index=False, floatfmt=".2g"), ""]
+            "Every Brian2 cell is also solved by the analytic engine with the same perturbation, seed and samples. "
+            "On the samples that neither engine flagged: the worst spike-time difference over all spikes, the "
+            "spikes that one engine emitted and the other did not, and the samples whose class differs; "
+            "`flagged`: flagged samples (clipped or early-firing: wrong in a way both engines report; within a "
+            "step Brian2 times an early spike differently); `flag_mismatches`: samples flagged by one engine only.", "", table.to_markdown(index=False, floatfmt=".2g"), ""]
 
 
 def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str]) -> Path:
