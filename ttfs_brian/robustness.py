@@ -115,7 +115,9 @@ def figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 
 def _trial_counts(summary: pd.DataFrame) -> str:
-    noisy = summary[summary["kind"] != "zeta"]
+    from .study import is_random
+
+    noisy = summary[summary["kind"].map(is_random)]
     counts = noisy.groupby(["model", "engine"])["trials"].max()
     return "; ".join(f"{model} {engine} {n}" for (model, engine), n in counts.items()) or "none"
 
@@ -142,7 +144,8 @@ def _twin_lines(rows: pd.DataFrame) -> list[str]:
             "On the samples that neither engine flagged: the worst spike-time difference over all spikes, the "
             "spikes that one engine emitted and the other did not, and the samples whose class differs; "
             "`flagged`: flagged samples (clipped or early-firing: wrong in a way both engines report; within a "
-            "step Brian2 times an early spike differently); `flag_mismatches`: samples flagged by one engine only.", "", table.to_markdown(index=False, floatfmt=".2g"), ""]
+            "step Brian2 times an early spike differently); `flag_mismatches`: samples flagged by one engine only.", "",
+            table.to_markdown(index=False, floatfmt=".2g"), ""]
 
 
 def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str]) -> Path:

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from distributed.diagnostics.plugin import WorkerPlugin
 
+from .comparison import compare
 from .errors import InputError
 from .perturb import KINDS, Perturbation
 from .store import RowStore
@@ -213,6 +214,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
     import torch
 
+    from .analytic import simulate_analytic
+
     torch.set_num_threads(1)  # one core per Dask worker
     started = time.perf_counter()
     _, ds = _model(cell.model, cell.dataset)
@@ -223,8 +226,6 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     net = _network(cell.model, cell.dataset, cell.variant, zeta, cell.dt)
     nominal = _nominal(cell.model, cell.dataset, cell.variant, cell.dt, start, cell.samples, cell.kind, cell.options)
     perturbation = cell.perturbation()
-    from .analytic import simulate_analytic
-
     twin = simulate_analytic(net, x, perturbation=perturbation, indices=indices)
     if cell.engine == "analytic":
         result, checks = twin, {}
@@ -233,40 +234,28 @@ def run_cell(cell: Cell) -> dict[str, Any]:
         # a flagged sample (clipped, early firing) is wrong in a way both engines report; within a step, Brian2
         # times an early spike differently (see brian/equations.py), so only unflagged samples must agree
         clean = ~(twin.flagged | result.flagged)
-        shifts = spike_shifts(net, twin, result, clean).values()
-        checks = {"twin_max_abs_dt_ms": max([v["max_abs_dt_ms"] for v in shifts] or [0.0]),
-                  "twin_unmatched_spikes": sum(v["unmatched"] for v in shifts),
+        shifts = hidden_rows(net, compare(twin, result, samples=clean))
+        checks = {"twin_max_abs_dt_ms": float(shifts["max_abs_dt_ms"].max()) if len(shifts) else 0.0,
+                  "twin_unmatched_spikes": int((shifts["spikes_only_a"] + shifts["spikes_only_b"]).sum()),
                   "twin_disagreements": int((twin.predictions != result.predictions)[clean].sum()),
                   "twin_flag_mismatches": int((twin.flagged != result.flagged).sum())}
     return {**cell.key, **measure(net, nominal, result, y, cell), **checks, "wall_s": time.perf_counter() - started}
 
 
-def spike_shifts(net, a, b, samples: np.ndarray | None = None) -> dict[str, dict[str, float]]:
-    """Per spiking layer: mean and max |t_a - t_b| over the neurons that fired in both, and how many fired in
-    one result only (over ``samples``, a boolean mask, or all)."""
-    out = {}
-    for layer in net.coded_layers():
-        if layer.kind == "input" or layer.name not in a.spike_times:
-            continue
-        ta, tb = a.spike_times[layer.name], b.spike_times[layer.name]
-        if samples is not None:
-            ta, tb = ta[samples], tb[samples]
-        both = ~np.isnan(ta) & ~np.isnan(tb)
-        dt = np.abs(ta[both] - tb[both])
-        out[layer.name] = {"mean_abs_dt_ms": float(dt.mean()) if dt.size else 0.0,
-                           "max_abs_dt_ms": float(dt.max()) if dt.size else 0.0,
-                           "unmatched": int((np.isnan(ta) != np.isnan(tb)).sum())}
-    return out
+def hidden_rows(net, table: pd.DataFrame) -> pd.DataFrame:
+    """The rows of :func:`~ttfs_brian.comparison.compare` for the spiking layers past the input."""
+    return table[table["layer"].map(lambda name: name in net.layers and net.layers[name].kind != "input")]
 
 
 def measure(net, nominal, result, labels: np.ndarray, cell: Cell) -> dict[str, Any]:
     """The row of a cell: accuracy, agreement with the unperturbed network, flags, spike-time shifts per layer."""
     layers = {}
-    for name, shift in spike_shifts(net, nominal, result).items():
-        layer = net.layers[name]
+    for shift in hidden_rows(net, compare(nominal, result)).itertuples(index=False):
+        layer = net.layers[shift.layer]
         window = layer.t_max - layer.t_min
-        layers[name] = {"mean_abs_dt_ms": shift["mean_abs_dt_ms"], "max_abs_dt_ms": shift["max_abs_dt_ms"],
-                        "window_ms": window, "level_rel": cell.level / window if cell.kind in TIME_KINDS else cell.level}
+        layers[shift.layer] = {"mean_abs_dt_ms": shift.mean_abs_dt_ms, "max_abs_dt_ms": shift.max_abs_dt_ms,
+                               "window_ms": window,
+                               "level_rel": cell.level / window if cell.kind in TIME_KINDS else cell.level}
     report = result.report[result.report["kind"] != "input"]
     rel = [v["level_rel"] for v in layers.values()] or [cell.level]
     return {

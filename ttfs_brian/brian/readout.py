@@ -52,7 +52,8 @@ class Collector:
                 self.crossed[name].append(flat[recorded["t_raw"] * 1e3 < layer.t_min - eq.TIME_EPS_MS])
             if first:
                 in_sample_0 = sample == 0
-                self.meta.setdefault("spike_monitor", {})[name] = (neuron[in_sample_0], values[0][in_sample_0] * 1e3)
+                self.meta.setdefault("spike_monitor", {})[name] = (neuron[in_sample_0],
+                                                                    recorded["t_spike"][in_sample_0] * 1e3)
             if (name, "report") in built.monitors:  # exact: the neurons that crossed before t_min (= t_late)
                 sample, neuron, (v, current) = _events(built, layer.name, size, "report", "v", "I")
                 reported = (offset + sample) * size + neuron
