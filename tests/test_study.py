@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from ttfs_brian.errors import InputError
 from ttfs_brian.study import KEY, Study, run_study, write_report
 
 DASK = Path(sys.executable).parent / "dask"
@@ -150,6 +151,31 @@ def test_study_grid_toml_and_local_cluster(tmp_path):
     assert len(summary) == 2 and (summary["trials"] == 2).all()  # two variants, two trials each
     assert (tmp_path / "robustness_digits_net.png").stat().st_size > 10_000
     assert "loses 1% accuracy" in readme.read_text() and "drop" in readme.read_text()
+
+
+@pytest.mark.parametrize("text, message", [
+    ('[study]\nmodel = ["lenet5_mnist5k"]\n', r"unknown entries \['model'\]"),
+    ('[study]\nmodels = ["lenet9_mnist5k"]\n', "no checkpoint for model 'lenet9_mnist5k'"),
+    ('[study]\ntrials = "4"\n', "trials must be an integer >= 1, got '4'"),
+    ('[study]\nengines = ["brian"]\n', "unknown engine 'brian'"),
+    ('[kinds.spike_jitter]\nlevels = [-0.01]\n', "level must be a finite number >= 0"),
+    ('[kinds.spike_jitter]\nlevel = [0.01]\n', r"has no levels \(given: \['level'\]\)"),
+    ('[kinds.spike_jitter]\nlevels = [0.01]\nlatency = 0.2\n', r"no options \['latency'\]; it takes \['latency_ms'\]"),
+    ('[kinds.zeta]\nlevels = [-1.5]\n', "zeta"),
+    ('[kinds.noise]\nlevels = [0.1]\n', "unknown kind 'noise'"),
+    ("[study\n", "cannot read the study file"),
+])
+def test_a_wrong_study_file_is_refused_before_any_cluster_starts(tmp_path, text, message):
+    (tmp_path / "study.toml").write_text(text)
+    with pytest.raises(InputError, match=message):
+        Study.from_toml(tmp_path / "study.toml")
+
+
+def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
+    study = Study(models=["digits_net_digits"], trials=1, kinds={"drop": {"levels": [0.1]}})
+    with pytest.raises(InputError, match="cannot reach the Dask scheduler 'nonsense'.*local cluster"):
+        run_study(study, tmp_path / "rows.csv", scheduler="nonsense")
+    assert not (tmp_path / "rows.csv").exists() or rows_in(tmp_path / "rows.csv") == 0
 
 
 def test_brian2_builds_in_a_worker_thread():

@@ -206,6 +206,12 @@ def _subparser(sub, name: str, help_text: str, **kwargs) -> argparse.ArgumentPar
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults in every option's help, and the exit codes kept as written."""
 
+    def _get_help_string(self, action: argparse.Action) -> str:
+        # A help text that states its default already, or a default of None, says more than "(default: None)".
+        if action.default is None or "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttfs-brian", description=__doc__, epilog=EXIT_CODES,

@@ -32,6 +32,7 @@ from .comparison import compare
 from .errors import InputError
 from .perturb import KINDS, Perturbation
 from .store import RowStore
+from .validation import finite
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +109,11 @@ class Study:
             document = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InputError(f"cannot read the study file {path}: {exc}") from None
+        fields = set(cls.__dataclass_fields__) - {"kinds"}
+        unknown = set(document) - {"study", "kinds"} | set(document.get("study", {})) - fields
+        if unknown:
+            raise InputError(f"the study file {path} has unknown entries {sorted(unknown)}; it takes a [study] table "
+                             f"of {sorted(fields)} and [kinds.<kind>] tables")
         study = cls(**document.get("study", {}))
         if "kinds" in document:
             study.kinds = document["kinds"]
@@ -115,16 +121,40 @@ class Study:
         return study
 
     def check(self) -> None:
+        """Every field valid, every model's checkpoint present and every level one its kind accepts, so that a
+        wrong study fails here, before a cluster starts."""
+        from .zoo import checkpoint_path
+
+        for name in ("trials", "shard", "brian_samples"):
+            _count(getattr(self, name), name, low=1)
+        for name in ("samples", "brian_trials"):
+            if getattr(self, name) is not None:
+                _count(getattr(self, name), name, low=1)
+        finite(self.dt, "dt (ms)", low=0.0, low_open=True)
+        for name, allowed in (("variants", ("exact", "sparse")), ("engines", ("analytic", "brian2"))):
+            for value in getattr(self, name):
+                if value not in allowed:
+                    raise InputError(f"unknown {name[:-1]} {value!r} in the study; choose from {list(allowed)}")
+        for model in self.models:
+            arch, dataset = split_model(model)
+            if not checkpoint_path(arch, dataset).exists():
+                raise InputError(f"no checkpoint for model {model!r} ({checkpoint_path(arch, dataset)}); train it "
+                                 f"with `ttfs-brian train {arch} --data {dataset}`")
         for kind, spec in self.kinds.items():
             if kind != "zeta" and kind not in KINDS:
                 raise InputError(f"unknown kind {kind!r} in the study; choose from {sorted(KINDS) + ['zeta']}")
-            if not spec.get("levels"):
-                raise InputError(f"kind {kind!r} of the study has no levels")
-        for engine in self.engines:
-            if engine not in ("analytic", "brian2"):
-                raise InputError(f"unknown engine {engine!r}; choose analytic or brian2")
-        if self.trials < 1 or self.shard < 1:
-            raise InputError("a study needs trials >= 1 and shard >= 1")
+            if not isinstance(spec, dict) or not spec.get("levels"):
+                given = sorted(spec) if isinstance(spec, dict) else spec
+                raise InputError(f"kind {kind!r} of the study has no levels (given: {given}); write "
+                                 f"[kinds.{kind}] levels = [...]")
+            options = {k: v for k, v in spec.items() if k != "levels"}
+            for level in spec["levels"]:
+                if kind == "zeta":
+                    finite(level, "zeta (window margin)", low=-1.0, low_open=True)
+                    if options:
+                        raise InputError(f"kind 'zeta' takes no options, got {sorted(options)}")
+                else:
+                    Perturbation(kind, level, **options)  # raises on a level or option the kind does not accept
 
     def cells(self, test_sizes: dict[str, int]) -> list[Cell]:
         """Every cell of the grid (``test_sizes``: test samples of each dataset)."""
@@ -148,6 +178,11 @@ class Study:
                                     out.append(Cell(arch, dataset, variant, engine, kind, float(level), trial, shard,
                                                     size, shard * self.shard, options, self.dt))
         return out
+
+
+def _count(value: Any, name: str, *, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"the study's {name} must be an integer >= {low}, got {value!r}")
 
 
 def is_random(kind: str) -> bool:
@@ -324,7 +359,11 @@ def run_study(study: Study, out: str | Path, *, scheduler: str | None = None, wo
         cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
         client = Client(cluster)
     else:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout="20s")
+        except (OSError, ValueError, TimeoutError) as exc:
+            raise InputError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}. Start one (`dask scheduler`, then "
+                             f"`dask worker {scheduler}`) or leave out --scheduler for a local cluster") from None
     try:
         log.info("Dask dashboard: %s", client.dashboard_link)
         client.register_plugin(_WorkerHeap())
