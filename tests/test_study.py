@@ -10,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from ttfs_brian.errors import InputError
-from ttfs_brian.study import KEY, Study, run_study, write_report
+from ttfs_brian.study import KEY, Cell, Study, _nominal, run_study, write_report
 
 DASK = Path(sys.executable).parent / "dask"
 STUDY = """
@@ -176,6 +177,19 @@ def test_an_unreachable_scheduler_is_a_clear_error(tmp_path):
     with pytest.raises(InputError, match="cannot reach the Dask scheduler 'nonsense'.*local cluster"):
         run_study(study, tmp_path / "rows.csv", scheduler="nonsense")
     assert not (tmp_path / "rows.csv").exists() or rows_in(tmp_path / "rows.csv") == 0
+
+
+def test_cells_whose_kind_is_no_perturbation_at_level_0_share_one_nominal_result():
+    """A worker keeps the unperturbed spikes per reference (VGG-small: 375 MB per 1000 images), not per kind."""
+    def cell(kind, options=()):
+        return Cell("digits_net", "digits", "exact", "analytic", kind, 0.01, 0, 0, 30, options=options)
+
+    plain = _nominal(cell("input_jitter"))
+    assert _nominal(cell("alpha_mismatch")) is plain and _nominal(cell("drop")) is plain
+    late = _nominal(cell("spike_jitter", (("latency_ms", 0.2),)))  # every later window 0.2 ms later per layer
+    assert late is not plain and (late.predictions == plain.predictions).all()
+    last = list(plain.spike_times)[-1]
+    assert np.nanmin(late.spike_times[last] - plain.spike_times[last]) > 0.2
 
 
 def test_brian2_builds_in_a_worker_thread():

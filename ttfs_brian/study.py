@@ -215,14 +215,22 @@ def _network(arch: str, dataset: str, variant: str, zeta: float, dt: float):
     return convert(model, ds.x_train, variant=variant, zeta=zeta, dt=dt)
 
 
-@functools.lru_cache(maxsize=64)
-def _nominal(arch: str, dataset: str, variant: str, dt: float, start: int, size: int, kind: str, options: tuple):
-    """The unperturbed spikes the cell is compared with: the kind at level 0 (with a spike jitter's latency,
-    whose windows are later by design)."""
+def _nominal(cell: Cell):
+    """The unperturbed spikes the cell is compared with: its kind at level 0, which is no perturbation at all
+    except for a spike jitter's latency (whose windows are later by design). Cells of other kinds share it."""
+    zero = None if cell.kind == "zeta" else Perturbation(cell.kind, math.inf if cell.kind == "leak" else 0.0,
+                                                          **dict(cell.options))
+    reference = None if zero is None or zero.is_identity else (cell.kind, cell.options)
+    return _nominal_spikes(cell.model, cell.dataset, cell.variant, cell.dt, cell.start, cell.samples, reference)
+
+
+@functools.lru_cache(maxsize=16)
+def _nominal_spikes(arch: str, dataset: str, variant: str, dt: float, start: int, size: int,
+                    reference: tuple[str, tuple] | None):
     from .analytic import simulate_analytic
 
     _, ds = _model(arch, dataset)
-    zero = None if kind in ("zeta",) else Perturbation(kind, math.inf if kind == "leak" else 0.0, **dict(options))
+    zero = None if reference is None else Perturbation(reference[0], 0.0, **dict(reference[1]))
     return simulate_analytic(_network(arch, dataset, variant, 0.5, dt), ds.x_test[start:start + size],
                              perturbation=zero)
 
@@ -259,7 +267,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     indices = np.arange(start, start + cell.samples)
     zeta = cell.level if cell.kind == "zeta" else 0.5
     net = _network(cell.model, cell.dataset, cell.variant, zeta, cell.dt)
-    nominal = _nominal(cell.model, cell.dataset, cell.variant, cell.dt, start, cell.samples, cell.kind, cell.options)
+    nominal = _nominal(cell)
     perturbation = cell.perturbation()
     twin = simulate_analytic(net, x, perturbation=perturbation, indices=indices)
     if cell.engine == "analytic":
