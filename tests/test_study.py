@@ -15,7 +15,9 @@ import pandas as pd
 import pytest
 
 from ttfs_brian.errors import InputError
-from ttfs_brian.study import KEY, Cell, Study, _nominal, run_study, write_report
+from ttfs_brian.robustness import aggregate
+from ttfs_brian.store import RowStore
+from ttfs_brian.study import COLUMNS, KEY, Cell, Study, _nominal, run_study, write_report
 
 DASK = Path(sys.executable).parent / "dask"
 STUDY = """
@@ -190,6 +192,41 @@ def test_cells_whose_kind_is_no_perturbation_at_level_0_share_one_nominal_result
     assert late is not plain and (late.predictions == plain.predictions).all()
     last = list(plain.spike_times)[-1]
     assert np.nanmin(late.spike_times[last] - plain.spike_times[last]) > 0.2
+
+
+def test_a_row_is_reused_only_by_the_same_cell(tmp_path):
+    """Another latency, time step or sharding of the same (kind, level, trial) is another cell."""
+    def cells(latency=0.2, dt=0.2, shard=40):
+        study = Study(models=["digits_net_digits"], variants=["exact"], trials=1, samples=90, shard=shard, dt=dt,
+                      kinds={"spike_jitter": {"levels": [0.01], "latency_ms": latency}})
+        return study.cells({"digits": 500})
+
+    store = RowStore(tmp_path / "rows.csv", COLUMNS, KEY)
+    for cell in cells():
+        store.append({**cell.key, "accuracy": 1.0})
+    assert all(store.has(cell.key) for cell in cells())
+    assert RowStore(tmp_path / "rows.csv", COLUMNS, KEY).has(cells()[-1].key)  # read back from the file
+    assert not any(store.has(cell.key) for cell in cells(latency=0.5) + cells(dt=0.1))
+    # shards (0, 40), (1, 40), (2, 10) against (0, 50), (1, 40): shard 1 has 40 samples in both, from 40 and 50
+    assert [store.has(cell.key) for cell in cells(shard=50)] == [False, False]
+
+
+def test_an_old_rows_file_without_the_key_columns_is_refused(tmp_path):
+    (tmp_path / "rows.csv").write_text("model,dataset,variant,engine,kind,level,trial,shard,samples,accuracy,"
+                                       "row_complete\nlenet5,mnist5k,exact,analytic,drop,0.1,0,0,1000,0.98,1\n")
+    with pytest.raises(InputError, match=r"no columns \['start', 'options', 'dt'\].*new file"):
+        RowStore(tmp_path / "rows.csv", COLUMNS, KEY).has({k: 0 for k in KEY})
+
+
+def test_the_report_refuses_to_average_cells_of_different_settings():
+    row = {"model": "m", "dataset": "d", "variant": "exact", "engine": "analytic", "kind": "spike_jitter",
+           "level": 0.01, "samples": 10, "accuracy": 0.9, "agreement": 1.0, "nominal_accuracy": 0.9, "flagged": 0,
+           "max_abs_dt_ms": 0.0, "mean_abs_dt_ms": 0.0, "level_rel_min": 0.1, "level_rel_max": 0.1, "dt": 0.2}
+    same = pd.DataFrame([{**row, "trial": t, "options": '{"latency_ms": 0.2}'} for t in (0, 1)])
+    assert aggregate(same)["trials"].tolist() == [2]
+    mixed = same.assign(options=['{"latency_ms": 0.2}', '{"latency_ms": 0.5}'])
+    with pytest.raises(InputError, match="several kind options or time steps.*own output folder"):
+        aggregate(mixed)
 
 
 def test_brian2_builds_in_a_worker_thread():

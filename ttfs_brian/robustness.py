@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from .errors import InputError
+
 GROUP = ["model", "dataset", "variant", "engine", "kind", "level"]
 LOSS = 0.01
 """Accuracy loss (absolute) at which the summary reports a level."""
@@ -15,6 +17,11 @@ LOSS = 0.01
 
 def per_trial(rows: pd.DataFrame) -> pd.DataFrame:
     """Shards of one trial combined (weighted by their samples)."""
+    settings = rows.groupby(GROUP)[["options", "dt"]].nunique()
+    mixed = settings[(settings > 1).any(axis=1)]
+    if len(mixed):
+        raise InputError(f"the rows hold {len(mixed)} cell(s) run with several kind options or time steps, e.g. "
+                         f"{dict(zip(GROUP, mixed.index[0]))}; give each study its own output folder (-o)")
     rows = rows.assign(correct=rows["accuracy"] * rows["samples"], agreeing=rows["agreement"] * rows["samples"],
                        nominal=rows["nominal_accuracy"] * rows["samples"])
     trials = rows.groupby(GROUP + ["trial"], as_index=False).agg(

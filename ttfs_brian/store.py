@@ -15,6 +15,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 
 SENTINEL = "row_complete"
@@ -50,6 +52,10 @@ class RowStore:
         if not self.path.exists() or self.path.stat().st_size == 0:
             return pd.DataFrame(columns=self.columns)
         raw = pd.read_csv(self.path, dtype=str, keep_default_na=False, on_bad_lines="skip", engine="python")
+        unkeyed = [k for k in self.key if k not in raw.columns]
+        if unkeyed:  # its rows cannot be told apart by what produced them: reusing them could be wrong
+            raise InputError(f"{self.path} has no columns {unkeyed}, which now identify its rows (written by an "
+                             f"older ttfs_brian, or another kind of table); write to a new file, or add the columns")
         if SENTINEL in raw.columns:
             complete = raw[SENTINEL] == "1"
         else:  # a file written before the sentinel existed: keep the rows whose last field is there

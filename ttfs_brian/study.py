@@ -48,14 +48,16 @@ of 0.2 ms, four times its largest sigma, so that the truncation at ``-D`` keeps 
 TIME_KINDS = ("spike_jitter", "input_jitter")
 """Kinds whose level is a time (ms); the others are relative (mismatch) or a margin (zeta)."""
 
-COLUMNS = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples", "accuracy",
+COLUMNS = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples", "start", "options",
+           "dt", "accuracy",
            "nominal_accuracy", "agreement", "flagged", "spikes_per_neuron", "dropped", "mean_abs_dt_ms", "max_abs_dt_ms", "level_ms",
            "level_rel_min", "level_rel_max", "layers", "twin_max_abs_dt_ms", "twin_unmatched_spikes",
            "twin_disagreements", "twin_flag_mismatches", "wall_s"]
 """``twin_*`` (Brian2 cells): against the analytic engine given the same perturbation and samples, on the samples
 neither engine flagged, the worst spike-time difference, the spikes present in one engine only and the samples
 whose class differs; and the samples that one engine flagged and the other did not."""
-KEY = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples"]
+KEY = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples", "start", "options", "dt"]
+"""Everything a row depends on: a rerun with another latency, ``dt`` or sharding must not reuse it."""
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ class Cell:
 
     @property
     def key(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in KEY}
+        return {**{k: getattr(self, k) for k in KEY if k != "options"},
+                "options": json.dumps(dict(self.options), sort_keys=True)}
 
     def perturbation(self) -> Perturbation | None:
         if self.kind == "zeta":
