@@ -139,7 +139,7 @@ def test_killed_client_resumes_without_repeating(cluster, tmp_path):
 def test_study_grid_toml_and_local_cluster(tmp_path):
     (tmp_path / "study.toml").write_text(STUDY)
     study = Study.from_toml(tmp_path / "study.toml")
-    cells = study.cells({"digits": 500})
+    cells = study.cells({"digits_net_digits": 500})
     assert len(cells) == CELLS
     assert {c.trial for c in cells if c.kind == "zeta"} == {0}  # a conversion parameter draws nothing
     assert {c.trial for c in cells if c.kind == "spike_jitter"} == {0, 1, 2}
@@ -199,7 +199,7 @@ def test_a_row_is_reused_only_by_the_same_cell(tmp_path):
     def cells(latency=0.2, dt=0.2, shard=40):
         study = Study(models=["digits_net_digits"], variants=["exact"], trials=1, samples=90, shard=shard, dt=dt,
                       kinds={"spike_jitter": {"levels": [0.01], "latency_ms": latency}})
-        return study.cells({"digits": 500})
+        return study.cells({"digits_net_digits": 500})
 
     store = RowStore(tmp_path / "rows.csv", COLUMNS, KEY)
     for cell in cells():
@@ -227,6 +227,61 @@ def test_the_report_refuses_to_average_cells_of_different_settings():
     mixed = same.assign(options=['{"latency_ms": 0.2}', '{"latency_ms": 0.5}'])
     with pytest.raises(InputError, match="several kind options or time steps.*own output folder"):
         aggregate(mixed)
+
+
+def write_user_model(folder: Path) -> float:
+    """A network the zoo does not have, saved as a user would, with its data; returns its float64 accuracy."""
+    import torch
+    import torch.nn as nn
+    from sklearn.datasets import load_digits
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10)).eval()
+    x, y = load_digits(return_X_y=True)
+    x = (x / 16).reshape(-1, 1, 8, 8).astype(np.float32)
+    with torch.no_grad():  # a few steps of least squares on the last layer: better than chance, not perfect
+        hidden = model[:3](torch.from_numpy(x[:1000]))
+        target = torch.nn.functional.one_hot(torch.from_numpy(y[:1000]), 10).double()
+        weight = torch.linalg.lstsq(hidden.double(), target).solution
+        model[3].weight.copy_(weight.T.float())
+        model[3].bias.zero_()
+        logits = model.double()(torch.from_numpy(x[1000:1060]).double())
+    model.float()
+    torch.save(model, folder / "mine.pt")
+    np.save(folder / "calibration.npy", x[:1000])
+    np.save(folder / "test_x.npy", x[1000:1060])
+    np.save(folder / "test_y.npy", y[1000:1060])
+    return float((logits.argmax(1).numpy() == y[1000:1060]).mean())
+
+
+def test_a_study_of_the_users_own_network_from_a_toml_file(tmp_path):
+    from ttfs_brian.cli import main
+
+    accuracy = write_user_model(tmp_path)
+    (tmp_path / "study.toml").write_text(
+        '[study]\ntrials = 2\nshard = 30\n[kinds.input_jitter]\nlevels = [0.01]\n'
+        '[models.mine]\nmodel = "mine.pt"\ncalibration = "calibration.npy"\ninputs = "test_x.npy"\n'
+        'labels = "test_y.npy"\n')
+    assert main(["sweep", str(tmp_path / "study.toml"), "-o", str(tmp_path / "out"), "--workers", "1",
+                 "--no-report"]) == 0
+    rows = pd.read_csv(tmp_path / "out" / "rows.csv")
+    assert len(rows) == 2 * 2 * 2 and set(rows["model"]) == {"mine"} and set(rows["dataset"]) == {"test_x"}
+    assert sorted(set(rows["start"])) == [0, 30] and (rows["flagged"] == 0).all()
+    per_trial = rows.groupby(["variant", "trial"]).apply(lambda g: (g["nominal_accuracy"] * g["samples"]).sum() / 60)
+    assert np.allclose(per_trial, accuracy) and 0.3 < accuracy < 1  # the unperturbed SNN is the ReLU network
+
+
+def test_a_users_labels_that_do_not_match_the_inputs_are_refused(tmp_path):
+    write_user_model(tmp_path)
+    np.save(tmp_path / "test_y.npy", np.zeros(59, dtype=np.int64))
+    (tmp_path / "study.toml").write_text(
+        '[models.mine]\nmodel = "mine.pt"\ncalibration = "calibration.npy"\ninputs = "test_x.npy"\n'
+        'labels = "test_y.npy"\n')
+    with pytest.raises(InputError, match="must be 60 integer classes"):
+        Study.from_toml(tmp_path / "study.toml")
+    (tmp_path / "study.toml").write_text('[models.mine]\nmodel = "mine.pt"\n')
+    with pytest.raises(InputError, match=r"needs exactly \['calibration', 'inputs', 'labels', 'model'\]"):
+        Study.from_toml(tmp_path / "study.toml")
 
 
 def test_brian2_builds_in_a_worker_thread():

@@ -61,6 +61,34 @@ KEY = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard
 
 
 @dataclass(frozen=True)
+class UserModel:
+    """A network of the user's in a study (a ``[models.NAME]`` table): ``model``, a ``torch.save``'d module file
+    (or ``zoo:ARCH_DATASET``); ``calibration``, the ``.npy`` inputs its windows come from; ``inputs`` and
+    ``labels``, the ``.npy`` test samples ``(N, ...)`` and their classes ``(N,)``. Workers read the files, so
+    on a cluster they must be on a file system every worker sees."""
+
+    model: str
+    calibration: str
+    inputs: str
+    labels: str
+
+    def load(self) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+        """The module, the calibration inputs, the test inputs and their labels, checked against each other."""
+        from .files import load_array, load_model
+
+        model = load_model(self.model)
+        calibration = load_array(self.calibration, "calibration")
+        x, y = load_array(self.inputs, "inputs"), load_array(self.labels, "labels")
+        if y.ndim != 1 or len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
+            raise InputError(f"labels {self.labels} must be {len(x)} integer classes, one per sample of {self.inputs}, "
+                             f"got {y.dtype} of shape {y.shape}")
+        if x.shape[1:] != calibration.shape[1:]:
+            raise InputError(f"inputs {self.inputs} have samples of shape {x.shape[1:]}, the calibration "
+                             f"{self.calibration} {calibration.shape[1:]}; they must match")
+        return model, calibration, x, y
+
+
+@dataclass(frozen=True)
 class Cell:
     """One task: test samples ``start .. start + samples`` (shard ``shard``) of one model, variant, engine,
     kind and level, with the perturbation's seed ``trial``."""
@@ -77,6 +105,7 @@ class Cell:
     start: int = 0
     options: tuple = ()
     dt: float = 0.2
+    source: UserModel | None = None
 
     @property
     def key(self) -> dict[str, Any]:
@@ -103,25 +132,44 @@ class Study:
     brian_trials: int | None = 4
     shard: int = 1000
     dt: float = 0.2
+    user_models: dict[str, UserModel] = field(default_factory=dict)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Study":
-        """A study from a TOML file: a ``[study]`` table of the fields above and ``[kinds.<kind>]`` tables with
-        ``levels`` and the kind's options (e.g. ``latency_ms``)."""
+        """A study from a TOML file: a ``[study]`` table of the fields above, ``[kinds.<kind>]`` tables with
+        ``levels`` and the kind's options (e.g. ``latency_ms``), and ``[models.<name>]`` tables of the user's
+        networks (:class:`UserModel`; paths relative to the file), which are the study's models unless
+        ``[study] models`` names them."""
         try:
             document = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise InputError(f"cannot read the study file {path}: {exc}") from None
-        fields = set(cls.__dataclass_fields__) - {"kinds"}
-        unknown = set(document) - {"study", "kinds"} | set(document.get("study", {})) - fields
+        fields = set(cls.__dataclass_fields__) - {"kinds", "user_models"}
+        unknown = set(document) - {"study", "kinds", "models"} | set(document.get("study", {})) - fields
         if unknown:
             raise InputError(f"the study file {path} has unknown entries {sorted(unknown)}; it takes a [study] table "
-                             f"of {sorted(fields)} and [kinds.<kind>] tables")
+                             f"of {sorted(fields)}, [kinds.<kind>] and [models.<name>] tables")
         study = cls(**document.get("study", {}))
         if "kinds" in document:
             study.kinds = document["kinds"]
+        for name, spec in document.get("models", {}).items():
+            wanted = set(UserModel.__dataclass_fields__)
+            if not isinstance(spec, dict) or set(spec) != wanted:
+                given = sorted(spec) if isinstance(spec, dict) else spec
+                raise InputError(f"[models.{name}] in {path} needs exactly {sorted(wanted)}, got {given}")
+            here = Path(path).resolve().parent
+            study.user_models[name] = UserModel(**{k: v if str(v).startswith("zoo:") else str(here / v)
+                                                   for k, v in spec.items()})
+        if study.user_models and "models" not in document.get("study", {}):
+            study.models = list(study.user_models)
         study.check()
         return study
+
+    def resolve(self, model: str) -> tuple[str, str, UserModel | None]:
+        """A model of the study as (architecture or name, dataset, the user's files or ``None`` for the zoo)."""
+        if model in self.user_models:
+            return model, Path(self.user_models[model].inputs).stem, self.user_models[model]
+        return (*split_model(model), None)
 
     def check(self) -> None:
         """Every field valid, every model's checkpoint present and every level one its kind accepts, so that a
@@ -139,8 +187,10 @@ class Study:
                 if value not in allowed:
                     raise InputError(f"unknown {name[:-1]} {value!r} in the study; choose from {list(allowed)}")
         for model in self.models:
-            arch, dataset = split_model(model)
-            if not checkpoint_path(arch, dataset).exists():
+            arch, dataset, source = self.resolve(model)
+            if source is not None:
+                _model(arch, dataset, source)  # reads and checks the files (and keeps them for a local worker)
+            elif not checkpoint_path(arch, dataset).exists():
                 raise InputError(f"no checkpoint for model {model!r} ({checkpoint_path(arch, dataset)}); train it "
                                  f"with `ttfs-brian train {arch} --data {dataset}`")
         for kind, spec in self.kinds.items():
@@ -159,14 +209,19 @@ class Study:
                 else:
                     Perturbation(kind, level, **options)  # raises on a level or option the kind does not accept
 
-    def cells(self, test_sizes: dict[str, int]) -> list[Cell]:
-        """Every cell of the grid (``test_sizes``: test samples of each dataset)."""
+    def test_size(self, model: str) -> int:
+        """Test samples of one of the study's models."""
+        return len(_model(*self.resolve(model))[2])
+
+    def cells(self, test_sizes: dict[str, int] | None = None) -> list[Cell]:
+        """Every cell of the grid (``test_sizes``: test samples of each model, default :meth:`test_size`)."""
         self.check()
         out = []
         for model in self.models:
-            arch, dataset = split_model(model)
+            arch, dataset, source = self.resolve(model)
+            available = test_sizes[model] if test_sizes else self.test_size(model)
             for engine in self.engines:
-                total = test_sizes[dataset] if self.samples is None else min(self.samples, test_sizes[dataset])
+                total = available if self.samples is None else min(self.samples, available)
                 trials = self.trials
                 if engine == "brian2":
                     total = min(total, self.brian_samples)
@@ -179,7 +234,7 @@ class Study:
                             for trial in range(trials if is_random(kind) else 1):
                                 for shard, size in shards:
                                     out.append(Cell(arch, dataset, variant, engine, kind, float(level), trial, shard,
-                                                    size, shard * self.shard, options, self.dt))
+                                                    size, shard * self.shard, options, self.dt, source))
         return out
 
 
@@ -203,19 +258,23 @@ def split_model(model: str) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------- one cell (on a worker)
 @functools.lru_cache(maxsize=8)
-def _model(arch: str, dataset: str):
+def _model(arch: str, dataset: str, source: UserModel | None) -> tuple[Any, np.ndarray, np.ndarray, np.ndarray]:
+    """The module, its calibration inputs (the zoo's: the training split), the test inputs and labels."""
     from . import data, zoo
 
+    if source is not None:
+        return source.load()
     model, _ = zoo.load_pretrained(arch, dataset)
-    return model, data.load_dataset(dataset)
+    ds = data.load_dataset(dataset)
+    return model, ds.x_train, ds.x_test, ds.y_test
 
 
 @functools.lru_cache(maxsize=16)
-def _network(arch: str, dataset: str, variant: str, zeta: float, dt: float):
+def _network(arch: str, dataset: str, source: UserModel | None, variant: str, zeta: float, dt: float):
     from .converter import convert
 
-    model, ds = _model(arch, dataset)
-    return convert(model, ds.x_train, variant=variant, zeta=zeta, dt=dt)
+    model, calibration, _, _ = _model(arch, dataset, source)
+    return convert(model, calibration, variant=variant, zeta=zeta, dt=dt)
 
 
 def _nominal(cell: Cell):
@@ -224,17 +283,18 @@ def _nominal(cell: Cell):
     zero = None if cell.kind == "zeta" else Perturbation(cell.kind, math.inf if cell.kind == "leak" else 0.0,
                                                           **dict(cell.options))
     reference = None if zero is None or zero.is_identity else (cell.kind, cell.options)
-    return _nominal_spikes(cell.model, cell.dataset, cell.variant, cell.dt, cell.start, cell.samples, reference)
+    return _nominal_spikes(cell.model, cell.dataset, cell.source, cell.variant, cell.dt, cell.start, cell.samples,
+                           reference)
 
 
 @functools.lru_cache(maxsize=16)
-def _nominal_spikes(arch: str, dataset: str, variant: str, dt: float, start: int, size: int,
-                    reference: tuple[str, tuple] | None):
+def _nominal_spikes(arch: str, dataset: str, source: UserModel | None, variant: str, dt: float, start: int,
+                    size: int, reference: tuple[str, tuple] | None):
     from .analytic import simulate_analytic
 
-    _, ds = _model(arch, dataset)
+    x_test = _model(arch, dataset, source)[2]
     zero = None if reference is None else Perturbation(reference[0], 0.0, **dict(reference[1]))
-    return simulate_analytic(_network(arch, dataset, variant, 0.5, dt), ds.x_test[start:start + size],
+    return simulate_analytic(_network(arch, dataset, source, variant, 0.5, dt), x_test[start:start + size],
                              perturbation=zero)
 
 
@@ -245,7 +305,7 @@ def _simulator(cell: Cell, net, perturbation: Perturbation | None):
     """One Brian2 simulator per (network, kind) in this process: compiled once, rerun at every level and seed."""
     from .brian import Simulator
 
-    key = (cell.model, cell.dataset, cell.variant, cell.kind, cell.level if cell.kind == "zeta" else None,
+    key = (cell.model, cell.dataset, cell.source, cell.variant, cell.kind, cell.level if cell.kind == "zeta" else None,
            cell.options, cell.dt)
     if key not in _SIMULATORS:
         hint = [] if perturbation is None else [replace(perturbation, level=perturbation.level or 1e-3)]
@@ -264,12 +324,12 @@ def run_cell(cell: Cell) -> dict[str, Any]:
 
     torch.set_num_threads(1)  # one core per Dask worker
     started = time.perf_counter()
-    _, ds = _model(cell.model, cell.dataset)
+    _, _, x_test, y_test = _model(cell.model, cell.dataset, cell.source)
     start = cell.start
-    x, y = ds.x_test[start:start + cell.samples], ds.y_test[start:start + cell.samples]
+    x, y = x_test[start:start + cell.samples], y_test[start:start + cell.samples]
     indices = np.arange(start, start + cell.samples)
     zeta = cell.level if cell.kind == "zeta" else 0.5
-    net = _network(cell.model, cell.dataset, cell.variant, zeta, cell.dt)
+    net = _network(cell.model, cell.dataset, cell.source, cell.variant, zeta, cell.dt)
     nominal = _nominal(cell)
     perturbation = cell.perturbation()
     twin = simulate_analytic(net, x, perturbation=perturbation, indices=indices)
@@ -355,11 +415,7 @@ def run_study(study: Study, out: str | Path, *, scheduler: str | None = None, wo
     from distributed import Client, LocalCluster, as_completed
     from tqdm import tqdm
 
-    from . import data
-
-    study.check()
-    sizes = {split_model(m)[1]: len(data.load_dataset(split_model(m)[1]).x_test) for m in study.models}
-    cells = study.cells(sizes)
+    cells = study.cells()
     store = RowStore(out, COLUMNS, KEY)
     todo = [c for c in cells if not store.has(c.key)]
     log.info("study: %d cells, %d already in %s, %d to run", len(cells), len(cells) - len(todo), out, len(todo))
