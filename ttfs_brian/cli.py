@@ -245,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_table)
 
     p = _subparser(sub, "sweep", "run a robustness study on Dask (resumable: cells already in the output are kept)")
-    p.add_argument("study", nargs="?", help="TOML file describing the study, [models.NAME] tables for your own networks (default: SPEC's reference grid on LeNet-5)")
+    p.add_argument("study", nargs="?", help="TOML file describing the study, [models.NAME] tables for your own "
+                                            "networks (default: SPEC's reference grid on LeNet-5)")
     p.add_argument("-o", "--output", type=Path, default=Path("results/robustness"),
                    help="folder for rows.csv, summary.csv, the figures and README.md")
     p.add_argument("--scheduler", help="address of a running Dask scheduler (tcp://HOST:PORT); default: a local cluster")
