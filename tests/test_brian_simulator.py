@@ -307,3 +307,17 @@ def test_standalone_large_weights_many_rounds_and_same_step_inputs(variant, data
     b = Simulator(net, device="cpp_standalone", timing="precise", dt=0.5, batch_size=1).run(x)
     assert b.meta["rounds"] == 9000 and b.meta["period_ms"] * 9000 > 64_000
     assert_same(simulate_analytic(net, x), b, tol=1e-12)
+
+
+def test_a_standalone_project_in_a_folder_we_chose_is_deleted_with_its_simulator(data):
+    """A sweep's workers build dozens of projects (VGG-small: ~700 MB each); kept, they filled /tmp."""
+    import gc
+
+    net = convert(mlp(), data["mlp_calib"], variant="exact", dt=0.01)
+    sim = Simulator(net, device="cpp_standalone", timing="precise", dt=0.01)
+    assert_same(simulate_analytic(net, data["mlp_x"]), sim.run(data["mlp_x"]))
+    project = sim.build_dir
+    assert (project / "main").exists()
+    del sim
+    gc.collect()
+    assert not project.exists()

@@ -20,6 +20,7 @@ import json
 import logging
 import math
 import tomllib
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -287,7 +288,7 @@ def _nominal(cell: Cell):
                            reference)
 
 
-@functools.lru_cache(maxsize=16)
+@functools.lru_cache(maxsize=4)
 def _nominal_spikes(arch: str, dataset: str, source: UserModel | None, variant: str, dt: float, start: int,
                     size: int, reference: tuple[str, tuple] | None):
     from .analytic import simulate_analytic
@@ -298,7 +299,11 @@ def _nominal_spikes(arch: str, dataset: str, source: UserModel | None, variant: 
                              perturbation=zero)
 
 
-_SIMULATORS: dict[tuple, Any] = {}
+_SIMULATORS: OrderedDict[tuple, Any] = OrderedDict()
+SIMULATORS_KEPT = 2
+"""Brian2 simulators a worker keeps, the most recently used: each holds its network's synapses (ResNet-8: GBs
+for 20 samples) and its project on disk, and a worker that kept all of a study's (every kind, every zeta)
+grew past Dask's pause threshold and stalled the sweep. Cells of one kind run together, so two suffice."""
 
 
 def _simulator(cell: Cell, net, perturbation: Perturbation | None):
@@ -308,9 +313,12 @@ def _simulator(cell: Cell, net, perturbation: Perturbation | None):
     key = (cell.model, cell.dataset, cell.source, cell.variant, cell.kind, cell.level if cell.kind == "zeta" else None,
            cell.options, cell.dt)
     if key not in _SIMULATORS:
+        while len(_SIMULATORS) >= SIMULATORS_KEPT:
+            _SIMULATORS.popitem(last=False)  # its memory and its project directory go with it
         hint = [] if perturbation is None else [replace(perturbation, level=perturbation.level or 1e-3)]
         _SIMULATORS[key] = Simulator(net, device="cpp_standalone", timing="precise", dt=cell.dt, threads=1,
                                      perturbations=hint)
+    _SIMULATORS.move_to_end(key)
     return _SIMULATORS[key]
 
 

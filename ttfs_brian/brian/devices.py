@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 import time
+import weakref
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -127,7 +129,11 @@ class StandaloneAdapter:
         import brian2 as b2
 
         network.run(run_ms * b2.ms, namespace={})
-        self.build_dir = Path(self.build_dir or tempfile.mkdtemp(prefix="ttfs_brian_standalone_"))
+        if self.build_dir is None:
+            # a project we chose the place of is ours to delete (hundreds of MB each: a sweep filled /tmp)
+            self.build_dir = Path(tempfile.mkdtemp(prefix="ttfs_brian_standalone_"))
+            weakref.finalize(self, shutil.rmtree, self.build_dir, ignore_errors=True)
+        self.build_dir = Path(self.build_dir)
         started = time.perf_counter()
         try:
             self._compile()
