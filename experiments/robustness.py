@@ -1,8 +1,8 @@
 """The reference robustness grid (SPEC section 8) on the bundled models, written to ``results/robustness/``.
 
 Spike jitter (latency 0.2 ms), input jitter, alpha mismatch and the window margin zeta, 16 trials per
-level, both variants: the analytic engine on the test split (ResNet-8: the first ``--resnet-samples``)
-and Brian2 (cpp_standalone, precise timing) on the first ``--brian-samples`` test digits with the first
+level, both variants: the analytic engine on the test split (or its first ``--samples``) and Brian2
+(cpp_standalone, precise timing) on the first ``--brian-samples`` test digits with the first
 ``--brian-trials`` seeds, the same draws as the analytic cells. Runs on a local Dask cluster (or
 ``--scheduler``); rows are appended as cells finish, so an interrupted run resumes where it stopped.
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--brian-samples", type=int, default=20)
     parser.add_argument("--brian-trials", type=int, default=4)
-    parser.add_argument("--resnet-samples", type=int, default=200)
+    parser.add_argument("--samples", type=int, help="analytic test samples of each model (default: the test split)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -39,7 +39,7 @@ def main() -> None:
     rows = None
     for model in args.models:
         study = Study(models=[model], engines=args.engines, trials=args.trials, brian_samples=args.brian_samples,
-                      brian_trials=args.brian_trials, samples=args.resnet_samples if model.startswith("resnet") else None)
+                      brian_trials=args.brian_trials, samples=args.samples)
         rows = run_study(study, args.out / "rows.csv", scheduler=args.scheduler, workers=args.workers)
     logging.info("wrote %s", write_report(rows, args.out))
 

@@ -52,7 +52,8 @@ class Simulator:
     threads:
         OpenMP threads for ``cpp_standalone``.
     build_dir:
-        Project directory for standalone devices (a fresh temporary directory if ``None``).
+        Project directory for standalone devices. ``None``: a fresh temporary directory, deleted with the
+        simulator (a VGG-small project holds hundreds of MB); a directory you name is kept.
     batch_size:
         Samples simulated side by side (replicas ``R``); default: :func:`ttfs_brian.brian.layout.plan`.
     codegen_target:
