@@ -41,7 +41,10 @@ def main() -> None:
         study = Study(models=[model], engines=args.engines, trials=args.trials, brian_samples=args.brian_samples,
                       brian_trials=args.brian_trials, samples=args.samples)
         rows = run_study(study, args.out / "rows.csv", scheduler=args.scheduler, workers=args.workers)
-    logging.info("wrote %s", write_report(rows, args.out))
+    logging.info("wrote %s", write_report(rows, args.out, commands=[
+        "python experiments/robustness.py   # this folder: LeNet-5, VGG-small, ResNet-8 (resumes from rows.csv)",
+        "ttfs-brian sweep                   # SPEC's reference grid on LeNet-5 (local Dask cluster, 2 workers)",
+        "ttfs-brian sweep --scheduler tcp://HOST:PORT   # on an existing Dask cluster"]))
 
 
 if __name__ == "__main__":

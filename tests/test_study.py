@@ -254,7 +254,7 @@ def write_user_model(folder: Path) -> float:
     return float((logits.argmax(1).numpy() == y[1000:1060]).mean())
 
 
-def test_a_study_of_the_users_own_network_from_a_toml_file(tmp_path):
+def test_a_study_of_the_users_own_network_from_a_toml_file(tmp_path, caplog):
     from ttfs_brian.cli import main
 
     accuracy = write_user_model(tmp_path)
@@ -262,8 +262,13 @@ def test_a_study_of_the_users_own_network_from_a_toml_file(tmp_path):
         '[study]\ntrials = 2\nshard = 30\n[kinds.input_jitter]\nlevels = [0.01]\n'
         '[models.mine]\nmodel = "mine.pt"\ncalibration = "calibration.npy"\ninputs = "test_x.npy"\n'
         'labels = "test_y.npy"\n')
-    assert main(["sweep", str(tmp_path / "study.toml"), "-o", str(tmp_path / "out"), "--workers", "1",
-                 "--no-report"]) == 0
+    command = ["sweep", str(tmp_path / "study.toml"), "-o", str(tmp_path / "out"), "--workers", "1"]
+    assert main(command) == 0
+    assert re.search(r"Dask dashboard: http://\S+", caplog.text)  # logged without -v
+    readme = (tmp_path / "out" / "README.md").read_text()  # says which study it holds, and how it was run
+    assert "mine (test_x): analytic on 60 test samples, 2 trials per level" in readme
+    assert "input_jitter (0.01 ms)" in readme and "reference" not in readme and "lenet5" not in readme.lower()
+    assert " ".join(["ttfs-brian", *command]) in readme
     rows = pd.read_csv(tmp_path / "out" / "rows.csv")
     assert len(rows) == 2 * 2 * 2 and set(rows["model"]) == {"mine"} and set(rows["dataset"]) == {"test_x"}
     assert sorted(set(rows["start"])) == [0, 30] and (rows["flagged"] == 0).all()

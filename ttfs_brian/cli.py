@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from pathlib import Path
 
@@ -103,6 +104,10 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .study import REFERENCE_KINDS, Study, run_study, write_report
 
+    logging.getLogger("ttfs_brian.study").setLevel(logging.INFO)  # the cells to run and the dashboard's address
+    if not args.verbose:  # Dask logs every worker's start and close at INFO
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
     study = Study.from_toml(args.study) if args.study else Study()
     for name in ("models", "variants", "engines", "trials", "samples", "brian_samples", "shard", "dt"):
         value = getattr(args, name)
@@ -117,7 +122,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     rows = run_study(study, args.output / "rows.csv", scheduler=args.scheduler, workers=args.workers)
     if not args.no_report:
-        print(f"wrote {write_report(rows, args.output)}")
+        print(f"wrote {write_report(rows, args.output, commands=[shlex.join(['ttfs-brian', *args.argv])])}")
     print(f"{len(rows)} cells in {args.output / 'rows.csv'}")
     return 0
 
@@ -274,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -121,12 +121,39 @@ def figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     return paths
 
 
-def _trial_counts(summary: pd.DataFrame) -> str:
+def describe(summary: pd.DataFrame, rows: pd.DataFrame) -> str:
+    """What the rows hold, in words: per model the engines with their samples and trials (seeds), and per kind
+    its levels and options, so that a report says which study it is, not which study we usually run."""
     from .study import is_random
 
-    noisy = summary[summary["kind"].map(is_random)]
-    counts = noisy.groupby(["model", "engine"])["trials"].max()
-    return "; ".join(f"{model} {engine} {n}" for (model, engine), n in counts.items()) or "none"
+    models = []
+    for (model, dataset), by_model in summary.groupby(["model", "dataset"]):
+        engines = []
+        for engine, part in by_model.groupby("engine"):
+            noisy = part[part["kind"].map(is_random)]
+            n = int(noisy["trials"].max()) if len(noisy) else 0
+            trials = f", {n} trial{'s' if n > 1 else ''} per level" if n else ""
+            name = "analytic" if engine == "analytic" else "Brian2 (cpp_standalone, precise timing)"
+            engines.append(f"{name} on {int(part['samples'].max())} test samples{trials}")
+        models.append(f"{model} ({dataset}): " + "; ".join(engines))
+    kinds = [_kind_text(kind, sorted(part["level"].unique()), rows.loc[rows["kind"] == kind, "options"])
+             for kind, part in summary.groupby("kind")]
+    return (f"Models: {'. '.join(models)}. Kinds: {', '.join(kinds)}. Kinds that draw nothing (zeta, the "
+            "deterministic kinds) run one trial. Every draw depends only on the seed, the kind and the sample, so "
+            "both engines saw the same noise.")
+
+
+def _kind_text(kind: str, levels: list[float], options: pd.Series) -> str:
+    """``spike_jitter (8 levels, 5e-05 .. 0.05 ms, latency_ms 0.2, SPEC's reference levels)``."""
+    from .study import REFERENCE_KINDS, TIME_KINDS
+
+    unit = " ms" if kind in TIME_KINDS else ""
+    parts = [f"{levels[0]:g}{unit}" if len(levels) == 1 else f"{len(levels)} levels, {levels[0]:g} .. {levels[-1]:g}{unit}"]
+    given = {k: v for text in options.unique() for k, v in json.loads(text).items()}
+    parts += [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(given.items())]
+    if sorted(REFERENCE_KINDS.get(kind, {}).get("levels", ())) == levels:
+        parts.append("SPEC's reference levels")
+    return f"{kind} ({', '.join(parts)})"
 
 
 def twin_check(rows: pd.DataFrame) -> pd.DataFrame:
@@ -156,25 +183,24 @@ def _twin_lines(rows: pd.DataFrame) -> list[str]:
 
 
 def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str]) -> Path:
-    """``summary.csv``, the figures and ``README.md`` of a study in ``out_dir``."""
+    """``summary.csv``, the figures and ``README.md`` of a study in ``out_dir``; ``commands`` reproduce it."""
     summary = aggregate(rows)
     summary.to_csv(out_dir / "summary.csv", index=False)
     losing = losing_levels(summary)
     losing.to_csv(out_dir / "losing_levels.csv", index=False)
     paths = figures(summary, out_dir)
     lines = ["# Robustness", "",
-             "The reference grid of SPEC section 8 (spike jitter, input jitter, alpha mismatch, window margin zeta) "
-             "on the bundled models, analytic engine on the test split and Brian2 (cpp_standalone, precise timing) on "
-             "a subset at the same seeds. Trials (seeds) per level and engine, for kinds that draw noise; zeta draws "
-             f"nothing and runs once: {_trial_counts(summary)}. Every draw depends only on the seed, "
-             "the kind and the sample, so both engines saw the same noise. Rows: `rows.csv` (one per cell), "
-             "`summary.csv` (mean and 95 % CI over trials), `losing_levels.csv`.", "",
+             describe(summary, rows) + " Rows: `rows.csv` (one per cell), `summary.csv` (mean and 95 % CI over trials), "
+             "`losing_levels.csv`.", "",
              f"## Where each model loses {LOSS:.0%} accuracy", "",
              "`level_losing_1pct`: the smallest level (ms for jitter; relative for alpha mismatch; the margin for "
              "zeta) at which the mean accuracy over trials is 1 % (absolute) below the unperturbed accuracy; "
              "`relative_to_windows`: that level divided by each hidden layer's window (smallest .. largest); empty: "
              "no tested level lost 1 %.", "", losing.to_markdown(index=False, floatfmt=".3g"), "",
-             *_twin_lines(rows), "## Commands", "", "```bash", *commands, "```", "", "## Figures", ""]
+             *_twin_lines(rows)]
+    if commands:
+        lines += ["## Commands", "", "```bash", *commands, "```", ""]
+    lines += ["## Figures", ""]
     lines += [f"![{p.stem}]({p.name})" for p in paths]
     path = out_dir / "README.md"
     path.write_text("\n".join(lines) + "\n")

@@ -316,8 +316,8 @@ def _simulator(cell: Cell, net, perturbation: Perturbation | None):
         while len(_SIMULATORS) >= SIMULATORS_KEPT:
             _SIMULATORS.popitem(last=False)  # its memory and its project directory go with it
         hint = [] if perturbation is None else [replace(perturbation, level=perturbation.level or 1e-3)]
-        _SIMULATORS[key] = Simulator(net, device="cpp_standalone", timing="precise", dt=cell.dt, threads=1,
-                                     perturbations=hint)
+        # serial code (no OpenMP: one core per worker), which also spares every sweep Brian2's OpenMP warning
+        _SIMULATORS[key] = Simulator(net, device="cpp_standalone", timing="precise", dt=cell.dt, perturbations=hint)
     _SIMULATORS.move_to_end(key)
     return _SIMULATORS[key]
 
@@ -454,11 +454,9 @@ def run_study(study: Study, out: str | Path, *, scheduler: str | None = None, wo
     return store.read()
 
 
-def write_report(rows: pd.DataFrame, out_dir: str | Path) -> Path:
-    """Summary, figures and README of a study's rows (see :mod:`ttfs_brian.robustness`)."""
+def write_report(rows: pd.DataFrame, out_dir: str | Path, commands: list[str] = ()) -> Path:
+    """Summary, figures and README of a study's rows (see :mod:`ttfs_brian.robustness`); ``commands``: those that
+    reproduced it, listed in the README."""
     from .robustness import write_summary
 
-    return write_summary(rows, Path(out_dir), commands=[
-        "ttfs-brian sweep            # SPEC's reference grid on LeNet-5 (local Dask cluster, 2 workers)",
-        "python experiments/robustness.py   # this folder: LeNet-5, VGG-small, ResNet-8",
-        "ttfs-brian sweep --scheduler tcp://HOST:PORT   # on an existing Dask cluster"])
+    return write_summary(rows, Path(out_dir), commands=list(commands))
