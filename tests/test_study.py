@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 from ttfs_brian.errors import InputError
 from ttfs_brian.robustness import aggregate
 from ttfs_brian.store import RowStore
-from ttfs_brian.study import COLUMNS, KEY, Cell, Study, _nominal, run_study, write_report
+from ttfs_brian.study import COLUMNS, KEY, Cell, Study, _nominal, run_cell, run_study, write_report
 
 DASK = Path(sys.executable).parent / "dask"
 STUDY = """
@@ -331,8 +332,6 @@ def test_worker_heap_tuning_stops_the_page_faults_of_dasks_trim_threshold():
 
 
 def test_a_brian2_cell_is_checked_against_the_analytic_engine_draw_for_draw(tmp_path):
-    from ttfs_brian.study import Cell, run_cell
-
     cell = Cell("digits_net", "digits", "exact", "brian2", "spike_jitter", 0.02, 3, 0, 6, start=10,
                 options=(("latency_ms", 0.2),))
     row = run_cell(cell)
@@ -341,3 +340,27 @@ def test_a_brian2_cell_is_checked_against_the_analytic_engine_draw_for_draw(tmp_
     assert row["max_abs_dt_ms"] > 1e-3  # the jitter did move spikes: the twin saw the same draws, not none
     readme = write_report(pd.DataFrame([row]), tmp_path).read_text()
     assert "draw for draw" in readme and re.search(r"\| digits_net\s+\| exact\s+\|\s+1 \|", readme)
+
+
+def test_a_worker_compiles_once_per_structure_and_keeps_only_its_latest_simulators():
+    """Brian2 cells of one kind share a binary whatever the level or seed; an older kind's simulator is let go,
+    and its project directory with it (a worker that kept them all outgrew Dask's memory limits)."""
+    import gc
+
+    from ttfs_brian import study
+
+    study._SIMULATORS.clear()
+    cell = Cell("digits_net", "digits", "exact", "brian2", "spike_jitter", 0.02, 0, 0, 3,
+                options=(("latency_ms", 0.2),))
+    rows = [run_cell(c) for c in (cell, replace(cell, level=0.001, trial=5), replace(cell, start=7))]
+    assert len(study._SIMULATORS) == 1
+    (first,) = study._SIMULATORS.values()
+    assert first.compilations == 1 and all(r["twin_max_abs_dt_ms"] <= 1e-9 for r in rows)
+    project = first.build_dir
+    for kind, level in (("input_jitter", 0.01), ("alpha_mismatch", 1e-3)):
+        run_cell(replace(cell, kind=kind, level=level, options=()))
+    assert len(study._SIMULATORS) == study.SIMULATORS_KEPT == 2 and first not in study._SIMULATORS.values()
+    del first
+    gc.collect()
+    assert not project.exists()
+    study._SIMULATORS.clear()

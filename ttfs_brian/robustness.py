@@ -148,7 +148,8 @@ def _kind_text(kind: str, levels: list[float], options: pd.Series) -> str:
     from .study import REFERENCE_KINDS, TIME_KINDS
 
     unit = " ms" if kind in TIME_KINDS else ""
-    parts = [f"{levels[0]:g}{unit}" if len(levels) == 1 else f"{len(levels)} levels, {levels[0]:g} .. {levels[-1]:g}{unit}"]
+    parts = [f"{levels[0]:g}{unit}" if len(levels) == 1
+             else f"{len(levels)} levels, {levels[0]:g} .. {levels[-1]:g}{unit}"]
     given = {k: v for text in options.unique() for k, v in json.loads(text).items()}
     parts += [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(given.items())]
     if sorted(REFERENCE_KINDS.get(kind, {}).get("levels", ())) == levels:
