@@ -309,15 +309,18 @@ def test_standalone_large_weights_many_rounds_and_same_step_inputs(variant, data
     assert_same(simulate_analytic(net, x), b, tol=1e-12)
 
 
-def test_a_standalone_project_in_a_folder_we_chose_is_deleted_with_its_simulator(data):
-    """A sweep's workers build dozens of projects (VGG-small: ~700 MB each); kept, they filled /tmp."""
+def test_a_standalone_project_in_a_folder_we_chose_is_deleted_with_its_simulator(data, tmp_path):
+    """A sweep's workers build dozens of projects (VGG-small: ~700 MB each); kept, they filled /tmp. A folder the
+    user named is the user's."""
     import gc
 
     net = convert(mlp(), data["mlp_calib"], variant="exact", dt=0.01)
-    sim = Simulator(net, device="cpp_standalone", timing="precise", dt=0.01)
-    assert_same(simulate_analytic(net, data["mlp_x"]), sim.run(data["mlp_x"]))
-    project = sim.build_dir
-    assert (project / "main").exists()
-    del sim
+    ours = Simulator(net, device="cpp_standalone", timing="precise", dt=0.01)
+    theirs = Simulator(net, device="cpp_standalone", timing="precise", dt=0.01, build_dir=tmp_path / "mine")
+    for sim in (ours, theirs):
+        assert_same(simulate_analytic(net, data["mlp_x"]), sim.run(data["mlp_x"]))
+    projects = [ours.build_dir, theirs.build_dir]
+    assert all((project / "main").exists() for project in projects)
+    del ours, theirs, sim
     gc.collect()
-    assert not project.exists()
+    assert not projects[0].exists() and (projects[1] / "main").exists()

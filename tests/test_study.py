@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -144,6 +145,8 @@ def test_study_grid_toml_and_local_cluster(tmp_path):
     assert len(cells) == CELLS
     assert {c.trial for c in cells if c.kind == "zeta"} == {0}  # a conversion parameter draws nothing
     assert {c.trial for c in cells if c.kind == "spike_jitter"} == {0, 1, 2}
+    by_variant = [[c.shard for c in cells if c.variant == v] for v in ("exact", "sparse")]
+    assert all(shards == sorted(shards) for shards in by_variant)  # shard by shard: the nominal result is reused
     study.kinds = {"drop": {"levels": [0.1]}}
     study.trials, study.samples, study.shard = 2, 60, 60
     rows = run_study(study, tmp_path / "rows.csv", workers=1)
@@ -222,12 +225,18 @@ def test_an_old_rows_file_without_the_key_columns_is_refused(tmp_path):
 def test_the_report_refuses_to_average_cells_of_different_settings():
     row = {"model": "m", "dataset": "d", "variant": "exact", "engine": "analytic", "kind": "spike_jitter",
            "level": 0.01, "samples": 10, "accuracy": 0.9, "agreement": 1.0, "nominal_accuracy": 0.9, "flagged": 0,
-           "max_abs_dt_ms": 0.0, "mean_abs_dt_ms": 0.0, "level_rel_min": 0.1, "level_rel_max": 0.1, "dt": 0.2}
+           "max_abs_dt_ms": 0.0, "mean_abs_dt_ms": 0.0, "level_rel_min": 0.1, "level_rel_max": 0.1, "dt": 0.2,
+           "start": 0}
     same = pd.DataFrame([{**row, "trial": t, "options": '{"latency_ms": 0.2}'} for t in (0, 1)])
     assert aggregate(same)["trials"].tolist() == [2]
     mixed = same.assign(options=['{"latency_ms": 0.2}', '{"latency_ms": 0.5}'])
     with pytest.raises(InputError, match="several kind options or time steps.*own output folder"):
         aggregate(mixed)
+    shards = pd.concat([same, same.assign(start=10, accuracy=0.5)])  # two shards of each trial: 20 samples
+    assert aggregate(shards)[["trials", "samples", "accuracy"]].values.tolist() == [[2, 20, pytest.approx(0.7)]]
+    overlapping = pd.concat([same, same.assign(samples=30)])  # a study of 10 samples, another of 30, one file
+    with pytest.raises(InputError, match="overlapping samples.*own output folder"):
+        aggregate(overlapping)
 
 
 def write_user_model(folder: Path) -> float:
@@ -269,7 +278,7 @@ def test_a_study_of_the_users_own_network_from_a_toml_file(tmp_path, caplog):
     readme = (tmp_path / "out" / "README.md").read_text()  # says which study it holds, and how it was run
     assert "mine (test_x): analytic on 60 test samples, 2 trials per level" in readme
     assert "input_jitter (0.01 ms)" in readme and "reference" not in readme and "lenet5" not in readme.lower()
-    assert " ".join(["ttfs-brian", *command]) in readme
+    assert shlex.join(["ttfs-brian", *command]) in readme
     rows = pd.read_csv(tmp_path / "out" / "rows.csv")
     assert len(rows) == 2 * 2 * 2 and set(rows["model"]) == {"mine"} and set(rows["dataset"]) == {"test_x"}
     assert sorted(set(rows["start"])) == [0, 30] and (rows["flagged"] == 0).all()
@@ -343,24 +352,30 @@ def test_a_brian2_cell_is_checked_against_the_analytic_engine_draw_for_draw(tmp_
 
 
 def test_a_worker_compiles_once_per_structure_and_keeps_only_its_latest_simulators():
-    """Brian2 cells of one kind share a binary whatever the level or seed; an older kind's simulator is let go,
-    and its project directory with it (a worker that kept them all outgrew Dask's memory limits)."""
+    """Brian2 cells of one kind share a binary whatever the level or seed; the simulator used least recently is
+    let go, and its project directory with it (a worker that kept them all outgrew Dask's memory limits)."""
     import gc
 
     from ttfs_brian import study
 
+    def kept():
+        return [sim.build_dir for sim in study._SIMULATORS.values()]
+
     study._SIMULATORS.clear()
-    cell = Cell("digits_net", "digits", "exact", "brian2", "spike_jitter", 0.02, 0, 0, 3,
-                options=(("latency_ms", 0.2),))
-    rows = [run_cell(c) for c in (cell, replace(cell, level=0.001, trial=5), replace(cell, start=7))]
-    assert len(study._SIMULATORS) == 1
-    (first,) = study._SIMULATORS.values()
-    assert first.compilations == 1 and all(r["twin_max_abs_dt_ms"] <= 1e-9 for r in rows)
-    project = first.build_dir
-    for kind, level in (("input_jitter", 0.01), ("alpha_mismatch", 1e-3)):
-        run_cell(replace(cell, kind=kind, level=level, options=()))
-    assert len(study._SIMULATORS) == study.SIMULATORS_KEPT == 2 and first not in study._SIMULATORS.values()
-    del first
-    gc.collect()
-    assert not project.exists()
-    study._SIMULATORS.clear()
+    try:
+        jitter = Cell("digits_net", "digits", "exact", "brian2", "spike_jitter", 0.02, 0, 0, 3,
+                      options=(("latency_ms", 0.2),))
+        rows = [run_cell(c) for c in (jitter, replace(jitter, level=0.001, trial=5), replace(jitter, start=7))]
+        assert len(study._SIMULATORS) == 1 and all(r["twin_max_abs_dt_ms"] <= 1e-9 for r in rows)
+        (first,) = study._SIMULATORS.values()
+        run_cell(replace(jitter, kind="input_jitter", level=0.01, options=()))
+        second = kept()[1]
+        run_cell(replace(jitter, trial=2))  # the jitter's simulator again: now the most recently used
+        run_cell(replace(jitter, kind="alpha_mismatch", level=1e-3, options=()))
+        assert len(study._SIMULATORS) == study.SIMULATORS_KEPT == 2
+        assert first.build_dir in kept() and second not in kept() and first.compilations == 1
+        del first
+        gc.collect()
+        assert not second.exists()
+    finally:
+        study._SIMULATORS.clear()

@@ -7,10 +7,12 @@ class must be importable) or as ``zoo:ARCH_DATASET`` for a bundled checkpoint, e
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shlex
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -101,12 +103,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _log_levels(levels: dict[str, int]) -> Iterator[None]:
+    """Set loggers' levels for a block, then restore them (``main`` may be called in a user's process)."""
+    loggers = {logging.getLogger(name): level for name, level in levels.items()}
+    before = {logger: logger.level for logger in loggers}
+    try:
+        for logger, level in loggers.items():
+            logger.setLevel(level)
+        yield
+    finally:
+        for logger, level in before.items():
+            logger.setLevel(level)
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .study import REFERENCE_KINDS, Study, run_study, write_report
 
-    logging.getLogger("ttfs_brian.study").setLevel(logging.INFO)  # the cells to run and the dashboard's address
-    if not args.verbose:  # Dask logs every worker's start and close at INFO
-        logging.getLogger("distributed").setLevel(logging.WARNING)
 
     study = Study.from_toml(args.study) if args.study else Study()
     for name in ("models", "variants", "engines", "trials", "samples", "brian_samples", "shard", "dt"):
@@ -120,7 +133,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for spec in study.kinds.values():
             spec["levels"] = args.levels
     args.output.mkdir(parents=True, exist_ok=True)
-    rows = run_study(study, args.output / "rows.csv", scheduler=args.scheduler, workers=args.workers)
+    # the cells to run and the dashboard's address, without -v; Dask logs every worker's start and close at INFO
+    with _log_levels({"ttfs_brian.study": logging.INFO, **({} if args.verbose else {"distributed": logging.WARNING})}):
+        rows = run_study(study, args.output / "rows.csv", scheduler=args.scheduler, workers=args.workers)
     if not args.no_report:
         print(f"wrote {write_report(rows, args.output, commands=[shlex.join(['ttfs-brian', *args.argv])])}")
     print(f"{len(rows)} cells in {args.output / 'rows.csv'}")

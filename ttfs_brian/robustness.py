@@ -22,6 +22,13 @@ def per_trial(rows: pd.DataFrame) -> pd.DataFrame:
     if len(mixed):
         raise InputError(f"the rows hold {len(mixed)} cell(s) run with several kind options or time steps, e.g. "
                          f"{dict(zip(GROUP, mixed.index[0]))}; give each study its own output folder (-o)")
+    ordered = rows.assign(end=rows["start"] + rows["samples"]).sort_values(GROUP + ["trial", "start"])
+    overlapping = ordered["start"] < ordered.groupby(GROUP + ["trial"])["end"].shift().fillna(-1)
+    if overlapping.any():  # e.g. one study on 200 samples, another on 1000: samples 0-199 would count twice
+        cell = ordered[overlapping].iloc[0]
+        raise InputError(f"the rows of {dict(cell[GROUP + ['trial']])} cover overlapping samples (one ends after "
+                         f"sample {int(cell['start'])}); they come from studies of different samples: give each "
+                         "study its own output folder (-o), or remove the older rows")
     rows = rows.assign(correct=rows["accuracy"] * rows["samples"], agreeing=rows["agreement"] * rows["samples"],
                        nominal=rows["nominal_accuracy"] * rows["samples"])
     trials = rows.groupby(GROUP + ["trial"], as_index=False).agg(
@@ -82,6 +89,8 @@ def figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
     variant, analytic solid and Brian2 dashed, with 95 % confidence bands; log-scale levels (linear for zeta)."""
     import matplotlib
 
+    from .study import TIME_KINDS
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -106,7 +115,7 @@ def figures(summary: pd.DataFrame, out_dir: Path) -> list[Path]:
                     ax.axhline(-LOSS, color="grey", lw=0.8, ls=":")
                 if kind != "zeta":
                     ax.set_xscale("log")
-                ax.set_xlabel(f"{kind} level" + (" (ms)" if kind.endswith("jitter") else ""))
+                ax.set_xlabel(f"{kind} level" + (" (ms)" if kind in TIME_KINDS else ""))
                 ax.set_ylabel("accuracy change" if metric == "accuracy" else "agreement")
                 ax.grid(alpha=0.3)
                 if row == 0:
@@ -138,9 +147,10 @@ def describe(summary: pd.DataFrame, rows: pd.DataFrame) -> str:
         models.append(f"{model} ({dataset}): " + "; ".join(engines))
     kinds = [_kind_text(kind, sorted(part["level"].unique()), rows.loc[rows["kind"] == kind, "options"])
              for kind, part in summary.groupby("kind")]
-    return (f"Models: {'. '.join(models)}. Kinds: {', '.join(kinds)}. Kinds that draw nothing (zeta, the "
-            "deterministic kinds) run one trial. Every draw depends only on the seed, the kind and the sample, so "
-            "both engines saw the same noise.")
+    fixed = sorted(k for k in summary["kind"].unique() if not is_random(k))
+    return (f"Models: {'. '.join(models)}. Kinds: {', '.join(kinds)}. "
+            + (f"{', '.join(fixed)} draw{'s' if len(fixed) == 1 else ''} nothing: one trial. " if fixed else "")
+            + "Every draw depends only on the seed, the kind and the sample, so both engines saw the same noise.")
 
 
 def _kind_text(kind: str, levels: list[float], options: pd.Series) -> str:
@@ -150,8 +160,11 @@ def _kind_text(kind: str, levels: list[float], options: pd.Series) -> str:
     unit = " ms" if kind in TIME_KINDS else ""
     parts = [f"{levels[0]:g}{unit}" if len(levels) == 1
              else f"{len(levels)} levels, {levels[0]:g} .. {levels[-1]:g}{unit}"]
-    given = {k: v for text in options.unique() for k, v in json.loads(text).items()}
-    parts += [f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in sorted(given.items())]
+    given: dict[str, list] = {}
+    for text in options.unique():
+        for k, v in json.loads(text or "{}").items():
+            given.setdefault(k, []).append(f"{v:g}" if isinstance(v, float) else str(v))
+    parts += [f"{k} {' / '.join(sorted(set(v)))}" for k, v in sorted(given.items())]
     if sorted(REFERENCE_KINDS.get(kind, {}).get("levels", ())) == levels:
         parts.append("SPEC's reference levels")
     return f"{kind} ({', '.join(parts)})"

@@ -129,15 +129,18 @@ class StandaloneAdapter:
         import brian2 as b2
 
         network.run(run_ms * b2.ms, namespace={})
+        cleanup = None
         if self.build_dir is None:
             # a project we chose the place of is ours to delete (hundreds of MB each: a sweep filled /tmp)
             self.build_dir = Path(tempfile.mkdtemp(prefix="ttfs_brian_standalone_"))
-            weakref.finalize(self, shutil.rmtree, self.build_dir, ignore_errors=True)
+            cleanup = weakref.finalize(self, shutil.rmtree, self.build_dir, ignore_errors=True)
         self.build_dir = Path(self.build_dir)
         started = time.perf_counter()
         try:
             self._compile()
         except RuntimeError as exc:
+            if cleanup is not None:
+                cleanup.detach()  # the error names the project: it stays to be inspected
             raise ToolchainError(f"building the {self.name} project in {self.build_dir} failed ({exc}); check the "
                                  "C++ toolchain, or use device='runtime'") from exc
         return time.perf_counter() - started
