@@ -120,7 +120,6 @@ def _log_levels(levels: dict[str, int]) -> Iterator[None]:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .study import REFERENCE_KINDS, Study, run_study, write_report
 
-
     study = Study.from_toml(args.study) if args.study else Study()
     for name in ("models", "variants", "engines", "trials", "samples", "brian_samples", "shard", "dt"):
         value = getattr(args, name)

@@ -23,7 +23,7 @@ import tomllib
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -455,7 +455,7 @@ def run_study(study: Study, out: str | Path, *, scheduler: str | None = None, wo
     return store.read()
 
 
-def write_report(rows: pd.DataFrame, out_dir: str | Path, commands: list[str] = ()) -> Path:
+def write_report(rows: pd.DataFrame, out_dir: str | Path, commands: Sequence[str] = ()) -> Path:
     """Summary, figures and README of a study's rows (see :mod:`ttfs_brian.robustness`); ``commands``: those that
     reproduced it, listed in the README."""
     from .robustness import write_summary
