@@ -42,3 +42,56 @@ def compare(res_a: SimulationResult, res_b: SimulationResult, samples: np.ndarra
     table = pd.DataFrame(rows)
     table.attrs["agreement"] = agreement
     return table
+
+
+REPRODUCTION_RTOL = 1e-12
+"""Relative bound of the reproducibility contract (:func:`reproduction_failures`): spike times to this fraction of
+the latest spike time of the result, logits to this fraction of the largest logit."""
+
+
+def reproduction_failures(res_a: SimulationResult, res_b: SimulationResult,
+                          rtol: float = REPRODUCTION_RTOL) -> list[str]:
+    """What in ``res_b`` breaks the contract of reproducing ``res_a``: the same samples, perturbation and seeds,
+    computed in another batch, chunk, shard, thread count, process or engine (empty: reproduced).
+
+    The contract: everything *drawn or decided* is identical (which spikes exist, which were lost, every flag
+    and its reason, the per-layer counts of the report, the predictions); every *value* (spike times, logits)
+    agrees to ``rtol`` of its scale (the latest spike time, the largest logit). Values are not bit-identical:
+    a float64 matrix product sums in an order that depends on the batch's shape and the CPU's kernels
+    (AVX-512 machines differ in the last bit between a batch of 11 and chunks of 4).
+    A decision may flip only where a value lies within that rounding of its threshold (a tie), which random
+    data do not produce.
+    """
+    if res_a.logits.shape != res_b.logits.shape:
+        return [f"logits of shape {res_a.logits.shape} vs {res_b.logits.shape}: not the same samples"]
+    failures = []
+    horizon = max([1.0] + [float(np.nanmax(np.abs(t))) for t in res_a.spike_times.values() if np.isfinite(t).any()])
+    for key, a in res_a.spike_times.items():
+        b = res_b.spike_times.get(key)
+        if b is None or b.shape != a.shape:
+            failures.append(f"{key}: spike times missing or of another shape")
+            continue
+        silent = np.isnan(a) != np.isnan(b)
+        if silent.any():
+            failures.append(f"{key}: {int(silent.sum())} neuron(s) spike in one result only")
+        both = ~np.isnan(a) & ~np.isnan(b)
+        worst = float(np.abs(a[both] - b[both]).max(initial=0.0))
+        if worst > rtol * horizon:
+            failures.append(f"{key}: spike times differ by {worst:.3g} ms > {rtol:g} x {horizon:.3g} ms")
+    scale = max(1.0, float(np.abs(res_a.logits).max(initial=0.0)))
+    worst = float(np.abs(res_a.logits - res_b.logits).max(initial=0.0))
+    if not worst <= rtol * scale:
+        failures.append(f"logits differ by {worst:.3g} > {rtol:g} x {scale:.3g}")
+    changed = int((res_a.predictions != res_b.predictions).sum())
+    if changed:
+        failures.append(f"{changed} prediction(s) differ")
+    for reason, mask in res_a.reasons.items():
+        other = res_b.reasons.get(reason)
+        if other is None or not np.array_equal(mask, other):
+            failures.append(f"flag {reason!r} differs")
+    counts = [c for c in res_a.report.columns if pd.api.types.is_integer_dtype(res_a.report[c])
+              or c in ("layer", "kind")]
+    if list(res_a.report.columns) != list(res_b.report.columns) or not res_a.report[counts].equals(
+            res_b.report[counts]):
+        failures.append(f"report counts differ:\n{res_a.report}\n{res_b.report}")
+    return failures
