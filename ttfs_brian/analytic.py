@@ -25,10 +25,10 @@ import numpy as np
 import torch
 
 from . import evaluate, perturb
-from .coding import encode_inputs, spike_times
+from .coding import encode_inputs, observed, spike_times
 from .errors import InputError
 from .network import Layer, TTFSNetwork
-from .neuron import Integrator, integrator
+from .neuron import Integrator, integrator, not_rising
 from .projection import weight_sum
 from .result import SimulationResult, build_report, layer_record, named_results, no_flags, note_layer_flags
 from .validation import sample_indices, validate_inputs
@@ -85,11 +85,13 @@ def _in_chunks(net: TTFSNetwork, n: int, solve) -> SimulationResult:
     records, reasons, times = [], no_flags(n), {}
     for k, (name, kind, *_) in enumerate(parts[0][1]):
         outcomes = [layers[k] for _, layers in parts]
-        times[name] = np.concatenate([o[2] for o in outcomes])
+        times[name] = observed(net, np.concatenate([o[2] for o in outcomes]))
         clipped, early = (None if outcomes[0][i] is None else np.concatenate([np.asarray(o[i]) for o in outcomes])
                           for i in (3, 4))
-        records.append(layer_record(name, kind, times[name], clipped, early, dropped=sum(o[5] for o in outcomes)))
-        note_layer_flags(reasons, kind, clipped, early)
+        rising = int(not_rising(net, net.layers[name]).sum())
+        records.append(layer_record(name, kind, times[name], clipped, early, dropped=sum(o[5] for o in outcomes),
+                                    not_rising=rising))
+        note_layer_flags(reasons, kind, clipped, early, rising)
     logits = np.concatenate([logits for logits, _ in parts])
     return SimulationResult(logits, named_results(net, times), build_report(records), reasons, backend="analytic")
 
@@ -186,7 +188,10 @@ def _sparse_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor
     params = integrator(net, layer)
     b = net.window_length(layer)
     v = _synaptic(layer, _inputs(net, layer, values, params))
-    y = b - (_per_neuron(params.theta, layer) - v) / _per_neuron(params.beta, layer)  # drive beta from t_min
+    beta, theta = _per_neuron(params.beta, layer), _per_neuron(params.theta, layer)
+    # the drive beta from t_min; one <= 0 (alpha mismatch) cannot rise: fires at t_min if above theta, else never
+    y = torch.where(beta > 0, b - (theta - v) / torch.where(beta > 0, beta, 1.0),
+                    torch.where(v > theta, torch.inf, torch.where(v == theta, b, 0.0)))
     clipped = y > b
     return y.clamp_(0.0, b), clipped
 
@@ -200,11 +205,13 @@ def _exact_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]
     synaptic = _synaptic(layer, inputs)  # sum_j J_j x_j = P - Q
     slope = alpha + _t(sum(weight_sum(p, layer.shape) for p in layer.projections))
     margin = threshold - alpha * b_in - synaptic  # theta - V_end
-    value = b - margin / slope
+    # a slope <= 0 (a perturbation broke S < 1) never reaches theta after t_min: forced at t_max, unless early
+    value = torch.where(slope > 0, b - margin / torch.where(slope > 0, slope, 1.0), 0.0)
     clipped = value > b
     value.clamp_(min=0.0)
 
-    candidates = clipped | _may_fire_early(layer, inputs, synaptic, margin, alpha, b_in)
+    # the bound of the module docstring holds for alpha > 0; a neuron with alpha <= 0 is solved event by event
+    candidates = clipped | (alpha <= 0) | _may_fire_early(layer, inputs, synaptic, margin, alpha, b_in)
     early = torch.zeros_like(clipped)
     if candidates.any():
         index = candidates.nonzero(as_tuple=True)

@@ -29,6 +29,21 @@ def decode(net: TTFSNetwork, layer: Layer, times: np.ndarray) -> np.ndarray:
     return np.nan_to_num((layer.t_max - np.asarray(times, dtype=np.float64)) / net.tau_c, nan=0.0)
 
 
+def observed(net: TTFSNetwork, times: np.ndarray) -> np.ndarray:
+    """``times`` with the spikes after the readout (the output layer's ``t_min``) removed (NaN).
+
+    A simulation ends at the readout, and no later spike can change the logits; only a spike relayed late
+    can be that late (a max pool passes on its input's arrival, which a jittered spike can delay past every
+    window). Both engines report what a simulation up to the readout observes; a spike at the readout itself
+    (an ``exact`` neuron forced at a ``t_max`` that is the readout) is kept, to rounding.
+    """
+    return np.where(np.asarray(times) > net.output_layer.t_min + READOUT_EPS_MS, np.nan, times)
+
+
+READOUT_EPS_MS = 1e-9
+"""Rounding of a spike time at the readout (Brian2 stores seconds, the network milliseconds)."""
+
+
 def encode_inputs(net: TTFSNetwork, data: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Input values ``u = (x - low) / (high - low)`` clipped to [0, 1], and the mask of clipped inputs.
 

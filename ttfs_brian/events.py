@@ -32,8 +32,8 @@ from . import evaluate
 from .coding import encode_inputs, spike_times
 from .network import Layer, TTFSNetwork
 from .neuron import Integrator, integrator
-from .perturb import Perturbation, departure, find
-from .projection import Projection, pad_sum, weight_sum
+from .perturb import Perturbation, departure, find, perturb_network
+from .projection import Projection, pad_sum, pair, weight_sum
 
 EPS_MS = 1e-12
 """Times closer than this (ms) count as equal when deciding which events precede a crossing."""
@@ -151,7 +151,8 @@ class TimedRun:
         n_inh = inhibition + beta_neg
         reach = (inhibition * latest - inhibition_at + beta_neg * (latest - params.t_late)) / tau
         rise = reach * (1.0 - alpha / n_inh.clamp(min=1e-300)).clamp(min=0.0)
-        candidates = (cross < latest) | (v_latest + rise >= theta) | (theta <= 0)
+        # the bound assumes alpha > 0: a neuron with alpha <= 0 (a large alpha mismatch) is solved event by event
+        candidates = (cross < latest) | (v_latest + rise >= theta) | (theta <= 0) | (alpha <= 0)
         times = cross.clamp(max=params.t_max)
         if candidates.any():
             index = candidates.nonzero(as_tuple=True)
@@ -189,7 +190,10 @@ class TimedRun:
             before = (params.t_off - self._clamped(proj, params)).clamp(min=0.0).nan_to_num(posinf=0.0)
             v = v + evaluate.apply(proj, before, layer.shape) / tau
         beta, theta = _per_neuron(params.beta, layer), _per_neuron(params.theta, layer)
-        cross = params.t_late + (theta - v) * tau / beta
+        cross = params.t_late + (theta - v) * tau / torch.where(beta > 0, beta, 1.0)
+        # a drive <= 0 cannot rise: fires at t_min if above theta there, else never
+        cross = torch.where(beta > 0, cross, torch.where(v >= theta, torch.where(v > theta, -torch.inf, params.t_late),
+                                                         torch.inf))
         clipped = cross < layer.t_min - EPS_MS
         times = cross.clamp(min=layer.t_min)
         times = torch.where(times < layer.t_max, times, torch.nan)
@@ -247,9 +251,10 @@ def _latest(proj: Projection, arrivals: torch.Tensor, target_shape: tuple[int, .
         start = int(proj.attrs.get("offset", 0))
         return arrivals.reshape(n, -1)[:, start:start + int(np.prod(target_shape))].reshape(n, *target_shape)
     attrs = proj.conv_attrs()
-    window = F.max_pool2d(arrivals.max(dim=1, keepdim=True).values, tuple(proj.weight.shape[2:]),
-                          stride=attrs["stride"], padding=attrs["padding"], dilation=attrs["dilation"])
-    return window
+    pad_h, pad_w = pair(attrs["padding"])
+    # padded explicitly: max_pool2d refuses a padding above half the kernel, which a convolution may have
+    latest = F.pad(arrivals.max(dim=1, keepdim=True).values, (pad_w, pad_w, pad_h, pad_h), value=-torch.inf)
+    return F.max_pool2d(latest, tuple(proj.weight.shape[2:]), stride=attrs["stride"], dilation=attrs["dilation"])
 
 
 def first_crossing_at(arrivals: torch.Tensor, rates: torch.Tensor, threshold: torch.Tensor, alpha: torch.Tensor,
@@ -330,3 +335,61 @@ def leaky_potential(arrivals, weights, alpha, beta, late, stop, at: float, tau_c
         b = (starts[:, slot + 1] if slot + 1 < slots else torch.full((k,), at, dtype=torch.float64)).clamp(max=at)
         v = _relaxed(v, rates[:, slot] / tau_c, (b - a).clamp(min=0.0), inv)
     return v
+
+
+def inputs_in_crossing_step(net: TTFSNetwork, result, perturbations: Sequence[Perturbation], indices: np.ndarray,
+                            dt: float) -> np.ndarray:
+    """Per sample, the hidden neurons of ``result`` (an analytic result of ``net`` under ``perturbations``) that
+    receive an input after their threshold crossing but before the end of the step of ``dt`` ms it falls in.
+
+    Brian2's precise timing (:mod:`ttfs_brian.brian.equations`) tests the threshold on ``v`` at the end of a
+    step and goes back along the slope it has there, so it reproduces the analytic crossing exactly unless an
+    input arrives between the crossing and that step's end (an ``exact`` neuron that fires while its inputs
+    still arrive: early firing, a clipped value, or a spike jittered late). A sample without such a neuron is
+    one on which both engines must agree to rounding, flagged or not. ``sparse`` neurons cross only after
+    their input gate has closed, so they never count.
+    """
+    perturbed = perturb_network(net, perturbations)
+    n = len(result.logits)
+    counts = np.zeros(n, dtype=np.int64)
+    if perturbed.variant != "exact":
+        return counts
+    run = TimedRun(perturbed, perturbations, indices)
+    for layer in perturbed.layers.values():
+        if layer.kind == "output":
+            continue
+        times = result.spike_times[layer.name]
+        if layer.kind in ("neuron", "input"):
+            rule = None if layer.kind == "input" else departure(perturbed, layer, perturbations, indices)
+            times = times if rule is None else rule.apply(times)  # an input's shown times are its departures
+        run.departures[layer.name] = _t(np.nan_to_num(times, nan=np.inf))
+        if layer.kind != "neuron":
+            continue
+        params = integrator(perturbed, layer)
+        crossing = _t(result.spike_times[layer.name])
+        step_end = torch.ceil(crossing / dt - 1e-9) * dt
+        latest = torch.full_like(crossing, -torch.inf)
+        for proj in layer.projections:
+            arrived = run._clamped(proj, params)
+            latest = torch.maximum(latest, _latest(proj, torch.where(torch.isfinite(arrived), arrived, -torch.inf),
+                                                   layer.shape))
+        candidates = (latest > crossing + EPS_MS) & (step_end > crossing + EPS_MS)
+        if not candidates.any():
+            continue
+        index = candidates.nonzero(as_tuple=True)
+        late = torch.zeros(len(index[0]), dtype=torch.bool)
+        fan = sum(int(np.prod(p.weight.shape[1:])) if p.kind == "conv" else (p.weight.shape[1] if p.kind == "dense"
+                  else 1) for p in layer.projections)
+        step = max(1, CHECK_CHUNK // max(1, fan))
+        for lo in range(0, len(index[0]), step):
+            part = tuple(i[lo:lo + step] for i in index)
+            arrivals, weights = run._fan_in(layer, params, part)
+            arrivals = arrivals + params.t_on
+            t_c, end = crossing[part][:, None], step_end[part][:, None]
+            late[lo:lo + step] = ((arrivals > t_c + EPS_MS) & (arrivals <= end) & (weights != 0)).any(dim=1)
+        np.add.at(counts, index[0][late].numpy(), 1)
+    return counts
+
+
+CHECK_CHUNK = 2_000_000
+"""Candidate neurons x fan-in gathered at once by :func:`inputs_in_crossing_step`."""

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .network import Layer, TTFSNetwork, integration_start
-from .projection import pad_sum
+from .projection import pad_sum, weight_sum
 
 NEVER_MS = 1e9
 """A time (ms) later than any simulation: a gate that never closes, a silent input's spike time."""
@@ -79,3 +79,21 @@ def integrator(net: TTFSNetwork, layer: Layer) -> Integrator:
     drive = np.asarray(layer.arrays.get("alpha", np.ones(layer.shape)), dtype=np.float64).reshape(-1)
     return Integrator(np.zeros(size), np.broadcast_to(drive, (size,)).copy(), theta, t_on, layer.t_min, layer.t_min,
                       layer.t_min, layer.t_max, net.tau_c)
+
+
+def not_rising(net: TTFSNetwork, layer: Layer) -> np.ndarray:
+    """Per neuron of a hidden layer, whether its potential cannot rise once every input has arrived: ``exact``'s
+    slope ``alpha + sum_j J_j`` (padding included) or ``sparse``'s drive ``beta`` is ``<= 0``.
+
+    The mapping needs that slope positive (SPEC section 3: ``S < 1``, so ``1 + sum J > 0``); a perturbation can
+    break it (quantized or noisy weights, a large alpha mismatch). Such a neuron is still simulated as it is
+    (``exact``: it fires early or when forced at ``t_max``; ``sparse``: at ``t_min`` if already above threshold,
+    else never), and both engines flag every sample of its network (reason ``not_rising``).
+    """
+    if layer.kind != "neuron":
+        return np.zeros(layer.size, dtype=bool)
+    params = integrator(net, layer)
+    if net.variant == "sparse":
+        return params.beta <= 0
+    slope = params.alpha + sum((weight_sum(p, layer.shape) for p in layer.projections), np.zeros(layer.shape)).reshape(-1)
+    return slope <= 0

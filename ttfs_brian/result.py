@@ -11,8 +11,8 @@ from .coding import decode
 from .grid_bound import GridBound
 from .network import TTFSNetwork
 
-REPORT_COLUMNS = ["layer", "kind", "neurons", "spikes", "spikes_per_neuron", "clipped", "early_fired", "dropped",
-                  "error_bound_ms"]
+REPORT_COLUMNS = ["layer", "kind", "neurons", "spikes", "spikes_per_neuron", "clipped", "early_fired", "not_rising",
+                  "dropped", "error_bound_ms"]
 
 
 FLAG_REASONS = {
@@ -22,6 +22,9 @@ FLAG_REASONS = {
                "data like these",
     "early_fired": "early firing (variant exact): a threshold crossing before t_min caused by the order of the input "
                    "spikes; variant='sparse' cannot fire early",
+    "not_rising": "a perturbation left neurons whose potential cannot rise after their inputs (exact: alpha + sum J <= "
+                  "0, the mapping's S < 1 broken; sparse: a drive <= 0), so they fire only early, when forced or never: "
+                  "lower the level (weight_bits: more bits)",
     "uncertain_prediction": "grid timing: the prediction could change within the spike-time error bound; use a "
                             "smaller dt or timing='precise'",
 }
@@ -34,9 +37,11 @@ def no_flags(n: int) -> dict[str, np.ndarray]:
 
 
 def note_layer_flags(reasons: dict[str, np.ndarray], kind: str, clipped: np.ndarray | None,
-                     early: np.ndarray | None) -> None:
+                     early: np.ndarray | None, not_rising: int = 0) -> None:
     """Flag the samples with per-sample ``clipped``/``early`` counts of one layer (the input layer's
-    clipping is out-of-range input)."""
+    clipping is out-of-range input); a layer with ``not_rising`` neurons flags every sample."""
+    if not_rising:
+        reasons["not_rising"][:] = True
     if clipped is not None:
         reasons["input_out_of_range" if kind == "input" else "clipped"] |= np.asarray(clipped) > 0
     if early is not None:
@@ -117,9 +122,11 @@ def named_results(net: TTFSNetwork, by_layer: dict[str, np.ndarray]) -> dict[str
 
 
 def layer_record(layer_name: str, kind: str, spike_times: np.ndarray, clipped: np.ndarray | None = None,
-                 early: np.ndarray | None = None, error_bound_ms: float = 0.0, dropped: int = 0) -> dict[str, Any]:
+                 early: np.ndarray | None = None, error_bound_ms: float = 0.0, dropped: int = 0,
+                 not_rising: int = 0) -> dict[str, Any]:
     """One report row; ``clipped`` and ``early`` are per-sample event counts ``(N,)`` (None: no events);
-    ``dropped`` counts the layer's spikes lost in transmission (perturbation ``drop``)."""
+    ``dropped`` counts the layer's spikes lost in transmission (perturbation ``drop``); ``not_rising`` the
+    layer's neurons whose potential cannot rise after their inputs (:func:`ttfs_brian.neuron.not_rising`)."""
     n = spike_times.shape[0]
     neurons = int(np.prod(spike_times.shape[1:]))
     spikes = int(spike_times.size - np.count_nonzero(np.isnan(spike_times)))
@@ -131,6 +138,7 @@ def layer_record(layer_name: str, kind: str, spike_times: np.ndarray, clipped: n
         "spikes_per_neuron": spikes / max(1, n * neurons),
         "clipped": 0 if clipped is None else int(clipped.sum()),
         "early_fired": 0 if early is None else int(early.sum()),
+        "not_rising": int(not_rising),
         "dropped": int(dropped),
         "error_bound_ms": float(error_bound_ms),
     }

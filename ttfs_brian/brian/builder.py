@@ -220,7 +220,7 @@ def _hidden_group(net: TTFSNetwork, layer: Layer, replicas: int, spike_timing: s
     import brian2 as b2
 
     params = integrator(net, layer)
-    threshold = eq.EXACT_THRESHOLD if net.variant == "exact" else eq.SPARSE_THRESHOLD[spike_timing]
+    threshold = (eq.EXACT_THRESHOLD if net.variant == "exact" else eq.SPARSE_THRESHOLD)[spike_timing]
     events = {"report": eq.REPORT_EVENT} if net.variant == "exact" else {}
     explicit = structure.leak or structure.noise
     model = eq.LEAKY_INTEGRATOR_MODEL if explicit else eq.INTEGRATOR_MODEL

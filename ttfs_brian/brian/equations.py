@@ -173,11 +173,19 @@ DEPART_RESET = "departed = True"
 
 #: variant ``exact`` (SPEC 3): first crossing after the gate opens, or a forced spike at ``t_max``. (Conditions start
 #: with their per-layer part, which Brian2 hoists out of the loop over neurons: idle layers then skip it quickly.)
-EXACT_THRESHOLD = "tr > t_fire - 0.5 * dt and not spiked and (v >= theta or tr + dt >= t_max - tol * dt)"
+#: Precise timing tests from the step that *ends* at ``t_fire``, where ``v(t_fire)`` is exact: a neuron already at
+#: threshold when firing becomes allowed (``exact``: ``theta <= 0``, as ``v(t_on) = 0``; ``sparse``: ``v(t_min) >=
+#: theta``) fires at ``t_fire`` even when inputs of the next step would pull it back (a perturbed network), and the
+#: reset clips its back-extrapolated ``t_cross`` to ``t_fire``. Grid timing stamps the step start, so it starts a
+#: step later (never before ``t_fire``).
+EXACT_THRESHOLD = {
+    "precise": "tr + dt > t_fire - tol * dt and not spiked and (v >= theta or tr + dt >= t_max - tol * dt)",
+    "grid": "tr > t_fire - 0.5 * dt and not spiked and (v >= theta or tr + dt >= t_max - tol * dt)",
+}
 
 #: variant ``sparse`` (SPEC 4): only a crossing inside ``[t_min(n), t_max(n))``; silence otherwise.
 SPARSE_THRESHOLD = {
-    "precise": "tr > t_fire - 0.5 * dt and not spiked and v >= theta and t_cross < t_max - t_eps",
+    "precise": "tr + dt > t_fire - tol * dt and not spiked and v >= theta and t_cross < t_max - t_eps",
     "grid": "tr > t_fire - 0.5 * dt and not spiked and v >= theta and tr < t_max - 0.5 * dt",
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..coding import observed
 from ..grid_bound import grid_error_bound, uncertain_predictions
 from ..network import TTFSNetwork
 from ..neuron import integrator
@@ -68,9 +69,10 @@ class Collector:
                     self.meta.setdefault("traces", {})[name] = (t[in_round_0] * 1e3, np.asarray(v)[in_round_0].T.copy())
 
     def result(self, n: int, input_clipped: np.ndarray, spike_timing: str, dt: float, period_ms: float,
-               input_lost: int = 0, leak: bool = False) -> SimulationResult:
+               input_lost: int = 0, leak: bool = False, not_rising: dict[str, int] | None = None) -> SimulationResult:
         """Spike times, logits and the report of the first ``n`` samples (``leak``: an ``exact`` neuron that
-        crosses before ``t_min`` counts as early, as in the analytic engine: a leaky neuron has no line)."""
+        crosses before ``t_min`` counts as early, as in the analytic engine: a leaky neuron has no line;
+        ``not_rising``: per layer, the neurons of the perturbed network that cannot rise after their inputs)."""
         net = self.net
         times: dict[str, np.ndarray] = {}
         records, reasons = [], no_flags(n)
@@ -90,13 +92,15 @@ class Collector:
             if leak and net.variant == "exact":
                 early |= clipped
                 clipped[:] = False
-            times[layer.name] = values.reshape(n, *layer.shape)
+            times[layer.name] = observed(net, values.reshape(n, *layer.shape))
             clipped_n, early_n = (mask.reshape(n, -1).sum(axis=1) for mask in (clipped, early))
             worst = 0.0 if bound is None else float(bound.spike_ms[layer.name].max())
             lost = input_lost if layer.kind == "input" else sum(
                 int(np.count_nonzero(flat < n * layer.size)) for flat in self.lost[layer.name])
-            records.append(layer_record(layer.name, layer.kind, times[layer.name], clipped_n, early_n, worst, lost))
-            note_layer_flags(reasons, layer.kind, clipped_n, early_n)
+            rising = (not_rising or {}).get(layer.name, 0)
+            records.append(layer_record(layer.name, layer.kind, times[layer.name], clipped_n, early_n, worst, lost,
+                                        rising))
+            note_layer_flags(reasons, layer.kind, clipped_n, early_n, rising)
         assert logits is not None
         if bound is not None:
             reasons["uncertain_prediction"] = uncertain_predictions(logits, bound.logits)
