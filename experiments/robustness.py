@@ -1,10 +1,12 @@
-"""The reference robustness grid (SPEC section 8) on the bundled models, written to ``results/robustness/``.
+"""The reference robustness grid (SPEC section 8) and every breaking point, on the bundled models, in ``results/robustness/``.
 
 Spike jitter (latency 0.2 ms), input jitter, alpha mismatch and the window margin zeta, 16 trials per
 level, both variants: the analytic engine on the test split (or its first ``--samples``) and Brian2
 (cpp_standalone, precise timing) on the first ``--brian-samples`` test digits with the first
-``--brian-trials`` seeds, the same draws as the analytic cells. Runs on a local Dask cluster (or
-``--scheduler``); rows are appended as cells finish, so an interrupted run resumes where it stopped.
+``--brian-trials`` seeds, the same draws as the analytic cells. Then, for the analytic engine, the search of
+:mod:`ttfs_brian.search`: per model, variant and kind, the level that loses 1 % and the level at half the
+chance-corrected accuracy, each to a factor 1.25 (``--no-search``: the grid only). Runs on a local Dask cluster
+(or ``--scheduler``); rows are appended as cells finish, so an interrupted run resumes where it stopped.
 
     python experiments/robustness.py [--models lenet5_mnist5k ...] [--workers 2]
 """
@@ -31,6 +33,7 @@ def main() -> None:
     parser.add_argument("--brian-trials", type=int, default=4)
     parser.add_argument("--samples", type=int, help="analytic test samples of each model (default: the test split)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-search", action="store_true", help="the grid only, no breaking-point search")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -39,11 +42,12 @@ def main() -> None:
     rows = None
     for model in args.models:
         study = Study(models=[model], engines=args.engines, trials=args.trials, brian_samples=args.brian_samples,
-                      brian_trials=args.brian_trials, samples=args.samples)
+                      brian_trials=args.brian_trials, samples=args.samples,
+                      breaking_points=[] if args.no_search else ["analytic"])
         rows = run_study(study, args.out / "rows.csv", scheduler=args.scheduler, workers=args.workers)
     logging.info("wrote %s", write_report(rows, args.out, commands=[
         "python experiments/robustness.py   # this folder: LeNet-5, VGG-small, ResNet-8 (resumes from rows.csv)",
-        "ttfs-brian sweep                   # SPEC's reference grid on LeNet-5 (local Dask cluster, 2 workers)",
+        "ttfs-brian sweep --find-breaking-point   # SPEC's grid and the breaking points on LeNet-5 (local cluster)",
         "ttfs-brian sweep --scheduler tcp://HOST:PORT   # on an existing Dask cluster"]))
 
 

@@ -222,21 +222,70 @@ def test_an_old_rows_file_without_the_key_columns_is_refused(tmp_path):
         RowStore(tmp_path / "rows.csv", COLUMNS, KEY).has({k: 0 for k in KEY})
 
 
-def test_the_report_refuses_to_average_cells_of_different_settings():
+def synthetic_row(**values) -> dict:
+    """A row as a cell writes it, with every sample correct unless ``outcomes`` says otherwise."""
+    samples = values.get("samples", 10)
     row = {"model": "m", "dataset": "d", "variant": "exact", "engine": "analytic", "kind": "spike_jitter",
-           "level": 0.01, "samples": 10, "accuracy": 0.9, "agreement": 1.0, "nominal_accuracy": 0.9, "flagged": 0,
-           "max_abs_dt_ms": 0.0, "mean_abs_dt_ms": 0.0, "level_rel_min": 0.1, "level_rel_max": 0.1, "dt": 0.2,
-           "start": 0}
-    same = pd.DataFrame([{**row, "trial": t, "options": '{"latency_ms": 0.2}'} for t in (0, 1)])
+           "level": 0.01, "samples": samples, "flagged": 0, "classes": 10, "max_abs_dt_ms": 0.0, "mean_abs_dt_ms": 0.0,
+           "level_rel_min": 0.1, "level_rel_max": 0.1, "dt": 0.2, "start": 0, "trial": 0, "shard": 0,
+           "options": '{"latency_ms": 0.2}', "layers": '{"h": {"window_ms": 1.0}}'}
+    row.update(values)
+    row.setdefault("outcomes", "f" * samples)  # correct, nominally correct, agreeing, and so is the analytic twin
+    return row
+
+
+def test_the_report_refuses_to_average_cells_of_different_settings():
+    same = pd.DataFrame([synthetic_row(trial=t) for t in (0, 1)])
     assert aggregate(same)["trials"].tolist() == [2]
     mixed = same.assign(options=['{"latency_ms": 0.2}', '{"latency_ms": 0.5}'])
     with pytest.raises(InputError, match="several kind options or time steps.*own output folder"):
         aggregate(mixed)
-    shards = pd.concat([same, same.assign(start=10, accuracy=0.5)])  # two shards of each trial: 20 samples
-    assert aggregate(shards)[["trials", "samples", "accuracy"]].values.tolist() == [[2, 20, pytest.approx(0.7)]]
-    overlapping = pd.concat([same, same.assign(samples=30)])  # a study of 10 samples, another of 30, one file
+    # two shards of each trial: 20 samples, the second shard half lost (nominally correct, now wrong: bits 2 + 8)
+    shards = pd.concat([same, same.assign(start=10, outcomes="aaaaaffff" + "f")])
+    summary = aggregate(shards)
+    assert summary[["trials", "samples"]].values.tolist() == [[2, 20]]
+    assert summary["accuracy"].iloc[0] == pytest.approx(0.75) and summary["loss"].iloc[0] == pytest.approx(0.25)
+    overlapping = pd.concat([same, same.assign(samples=30, outcomes="f" * 30)])  # a study of 10, another of 30
     with pytest.raises(InputError, match="overlapping samples.*own output folder"):
         aggregate(overlapping)
+
+
+def test_rows_without_per_sample_outcomes_are_recomputed(tmp_path):
+    """Rows of an older ttfs_brian have no outcomes: the report's intervals need them, so they are dropped (with a
+    warning) and the study computes them again; the report refuses such rows outright."""
+    from ttfs_brian.study import REQUIRED
+
+    old = {**synthetic_row(), "outcomes": None}
+    pd.DataFrame([{**old, "row_complete": 1}]).reindex(columns=COLUMNS + ["row_complete"]).to_csv(
+        tmp_path / "rows.csv", index=False)
+    store = RowStore(tmp_path / "rows.csv", COLUMNS, KEY, REQUIRED)
+    assert not store.has(old) and store.read().empty
+    with pytest.raises(InputError, match="lack per-sample outcomes.*rerun the study"):
+        aggregate(pd.DataFrame([old]))
+
+
+def test_the_breaking_point_search_runs_resumes_and_reports(tmp_path):
+    """SPEC's jitter levels on the digits network: the search closes both targets of both kinds to a factor 1.25,
+    and a rerun after a lost round computes exactly the lost cells and no others."""
+    study = Study(models=["digits_net_digits"], variants=["sparse"], trials=2, samples=100, shard=100,
+                  kinds={"spike_jitter": {"levels": [0.01, 0.1], "latency_ms": 0.2}, "zeta": {"levels": [-0.5]}},
+                  breaking_points=["analytic"])
+    rows = run_study(study, tmp_path / "rows.csv", workers=1)
+    readme = write_report(rows, tmp_path)
+    points = pd.read_csv(tmp_path / "breaking_points.csv")
+    assert len(points) == 4 and (points["status"] == "found").all(), points
+    jitter = points[(points["kind"] == "spike_jitter") & (points["target"] == "loss_1pct")].iloc[0]
+    assert jitter["below"] < jitter["above"] <= 1.25 * jitter["below"] * 1.001 and jitter["above"] > 0.1
+    assert "## Breaking points" in readme.read_text() and (tmp_path / "robustness_relative.png").exists()
+    assert len(rows) > 2 * 2 + 2  # the grid's cells and the search's
+    # the last round lost, and half of the one before: the rerun recomputes those 4 cells and nothing else
+    lines = (tmp_path / "rows.csv").read_text().splitlines()
+    (tmp_path / "rows.csv").write_text("\n".join(lines[:-4]) + "\n")
+    again = run_study(study, tmp_path / "rows.csv", workers=1)
+    assert rows_in(tmp_path / "rows.csv") == len(again) == len(rows)  # 4 appended, none twice
+    assert set(map(tuple, again[KEY].astype(str).values)) == set(map(tuple, rows[KEY].astype(str).values))
+    write_report(again, tmp_path)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "breaking_points.csv"), points)
 
 
 def write_user_model(folder: Path) -> float:
@@ -348,7 +397,8 @@ def test_a_brian2_cell_is_checked_against_the_analytic_engine_draw_for_draw(tmp_
     assert row["twin_unmatched_spikes"] == 0 and row["twin_disagreements"] == 0 and row["twin_flag_mismatches"] == 0
     assert row["max_abs_dt_ms"] > 1e-3  # the jitter did move spikes: the twin saw the same draws, not none
     readme = write_report(pd.DataFrame([row]), tmp_path).read_text()
-    assert "draw for draw" in readme and re.search(r"\| digits_net\s+\| exact\s+\|\s+1 \|", readme)
+    assert row["twin_compared"] == 6  # no crossing followed by an input within its step: every sample compared
+    assert "draw for draw" in readme and re.search(r"\| digits_net\s+\| exact\s+\|\s+1\s+\|", readme)
 
 
 def test_a_worker_compiles_once_per_structure_and_keeps_only_its_latest_simulators():

@@ -28,7 +28,7 @@ from . import evaluate, perturb
 from .coding import encode_inputs, observed, spike_times
 from .errors import InputError
 from .network import Layer, TTFSNetwork
-from .neuron import Integrator, integrator, not_rising
+from .neuron import TIME_EPS_MS, Integrator, integrator, not_rising
 from .projection import weight_sum
 from .result import SimulationResult, build_report, layer_record, named_results, no_flags, note_layer_flags
 from .validation import sample_indices, validate_inputs
@@ -192,7 +192,7 @@ def _sparse_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor
     # the drive beta from t_min; one <= 0 (alpha mismatch) cannot rise: fires at t_min if above theta, else never
     y = torch.where(beta > 0, b - (theta - v) / torch.where(beta > 0, beta, 1.0),
                     torch.where(v > theta, torch.inf, torch.where(v == theta, b, 0.0)))
-    clipped = y > b
+    clipped = y > b + TIME_EPS_MS / net.tau_c
     return y.clamp_(0.0, b), clipped
 
 
@@ -207,7 +207,8 @@ def _exact_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]
     margin = threshold - alpha * b_in - synaptic  # theta - V_end
     # a slope <= 0 (a perturbation broke S < 1) never reaches theta after t_min: forced at t_max, unless early
     value = torch.where(slope > 0, b - margin / torch.where(slope > 0, slope, 1.0), 0.0)
-    clipped = value > b
+    edge = TIME_EPS_MS / net.tau_c  # window edges are compared to this resolution (neuron.TIME_EPS_MS)
+    clipped = value > b + edge
     value.clamp_(min=0.0)
 
     # the bound of the module docstring holds for alpha > 0; a neuron with alpha <= 0 is solved event by event
@@ -218,7 +219,7 @@ def _exact_layer(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]
         fans = [evaluate.fan_in(proj, x, layer.shape, index) for proj, x in inputs]
         crossing = first_crossing(torch.cat([f[0] for f in fans], dim=1), torch.cat([f[1] for f in fans], dim=1),
                                   threshold.expand_as(value)[index], b_in, alpha.expand_as(value)[index])
-        before = crossing < b_in
+        before = crossing < b_in - edge
         early[index] = before & ~clipped[index]
         value[index] = torch.where(before, b_in + b - crossing, value[index])
     return value, clipped, early

@@ -131,6 +131,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.levels:
         for spec in study.kinds.values():
             spec["levels"] = args.levels
+    if args.find_breaking_point is not None:
+        study.breaking_points = args.find_breaking_point or ["analytic"]
+        study.check()
     args.output.mkdir(parents=True, exist_ok=True)
     # the cells to run and the dashboard's address, without -v; Dask logs every worker's start and close at INFO
     with _log_levels({"ttfs_brian.study": logging.INFO, **({} if args.verbose else {"distributed": logging.WARNING})}):
@@ -280,6 +283,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--brian-samples", type=int, help="test samples for Brian2")
     p.add_argument("--shard", type=int, help="test samples per cell")
     p.add_argument("--dt", type=float, help="Brian2 time step and window alignment (ms)")
+    p.add_argument("--find-breaking-point", nargs="*", metavar="ENGINE",
+                   help="after the grid, search per model, variant and kind the level that loses 1 %% accuracy and "
+                        "the one at half the chance-corrected accuracy, each to a factor 1.25 (engines: default "
+                        "analytic; TOML: [study] breaking_points = [\"analytic\"])")
     p.add_argument("--no-report", action="store_true", help="rows only: no summary, figures or README")
     p.set_defaults(func=cmd_sweep)
 

@@ -12,15 +12,19 @@ import logging
 import numpy as np
 
 from .network import Layer, TTFSNetwork
+from .neuron import TIME_EPS_MS
 
 log = logging.getLogger(__name__)
 
 
 def spike_times(net: TTFSNetwork, layer: Layer, values: np.ndarray) -> np.ndarray:
-    """Spike times (ms) of ``values``; NaN (silence) for values <= 0 in ``sparse``."""
+    """Spike times (ms) of ``values``; NaN (silence) for values <= 0 in ``sparse``, and for a hidden layer's values
+    within :data:`~ttfs_brian.neuron.TIME_EPS_MS` of 0 (a crossing that close to ``t_max`` is silence in every
+    engine)."""
     times = layer.t_max - np.asarray(values, dtype=np.float64) * net.tau_c
     if net.variant == "sparse":
-        times = np.where(np.asarray(values) > 0, times, np.nan)
+        floor = 0.0 if layer.kind == "input" else TIME_EPS_MS / net.tau_c
+        times = np.where(np.asarray(values) > floor, times, np.nan)
     return times
 
 

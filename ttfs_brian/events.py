@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from . import evaluate
 from .coding import encode_inputs, spike_times
 from .network import Layer, TTFSNetwork
-from .neuron import Integrator, integrator
+from .neuron import TIME_EPS_MS, Integrator, integrator
 from .perturb import Perturbation, departure, find, perturb_network
 from .projection import Projection, pad_sum, pair, weight_sum
 
-EPS_MS = 1e-12
-"""Times closer than this (ms) count as equal when deciding which events precede a crossing."""
+EPS_MS = TIME_EPS_MS
+"""Times closer than this (ms) count as equal: an event and a crossing, a crossing and a window edge."""
 
 
 def _t(array) -> torch.Tensor:
@@ -162,8 +162,11 @@ class TimedRun:
             first = first_crossing_at(arrivals, weights / tau, theta[index], alpha[index] / tau,
                                       params.t_max - params.t_on) + params.t_on
             times[index] = first.clamp(max=params.t_max)
-        clipped = cross < layer.t_min - EPS_MS
-        early = (times < layer.t_min - EPS_MS) & ~clipped
+        # clipped: the line after the last arrival meets theta before t_min, where the neuron did cross (an input
+        # jittered past t_min can steepen that line without the neuron crossing any earlier); early: the others
+        before = times < layer.t_min - EPS_MS
+        clipped = (cross < layer.t_min - EPS_MS) & before
+        early = before & ~clipped
         return times, clipped, early
 
     def _unpadded_sum(self, layer: Layer, proj: Projection, weight: np.ndarray) -> torch.Tensor:
@@ -196,7 +199,7 @@ class TimedRun:
                                                          torch.inf))
         clipped = cross < layer.t_min - EPS_MS
         times = cross.clamp(min=layer.t_min)
-        times = torch.where(times < layer.t_max, times, torch.nan)
+        times = torch.where(times < layer.t_max - EPS_MS, times, torch.nan)
         return times, clipped, torch.zeros_like(clipped)
 
     # ------------------------------------------------------------------ leak
@@ -216,7 +219,7 @@ class TimedRun:
         if self.net.variant == "exact":
             times = times.clamp(max=params.t_max)
         else:
-            times = torch.where(times < layer.t_max, times, torch.nan)
+            times = torch.where(times < layer.t_max - EPS_MS, times, torch.nan)
         if self.net.variant == "exact":
             clipped = torch.zeros(times.shape, dtype=torch.bool)
             early = times < layer.t_min - EPS_MS

@@ -37,6 +37,12 @@ from .projection import pad_sum, weight_sum
 NEVER_MS = 1e9
 """A time (ms) later than any simulation: a gate that never closes, a silent input's spike time."""
 
+TIME_EPS_MS = 1e-10
+"""Resolution (ms) of every comparison of a crossing time with a window edge, in both engines: a ``sparse``
+crossing less than this before ``t_max`` is a value of 0 (silence), a crossing less than this before ``t_min``
+is neither clipped nor early. Far above the rounding of a crossing time (~1e-13 ms measured on VGG-small; a
+window edge moved by a latency rounds too), far below the 1e-9 ms to which the engines are held."""
+
 
 @dataclass(frozen=True)
 class Integrator:

@@ -38,13 +38,14 @@ def key_of(values: Iterable[Any]) -> tuple[str, ...]:
 class RowStore:
     """Rows with ``columns`` in the CSV file ``path``, unique by ``key`` (a subset of the columns)."""
 
-    def __init__(self, path: str | Path, columns: Sequence[str], key: Sequence[str]):
-        missing = [k for k in key if k not in columns]
+    def __init__(self, path: str | Path, columns: Sequence[str], key: Sequence[str], required: Sequence[str] = ()):
+        missing = [k for k in [*key, *required] if k not in columns]
         if missing:
-            raise ValueError(f"key columns {missing} are not among the columns")
+            raise ValueError(f"key or required columns {missing} are not among the columns")
         self.path = Path(path)
         self.columns = list(columns)
         self.key = list(key)
+        self.required = list(required)
         self._keys: set[tuple[str, ...]] | None = None
 
     def read(self) -> pd.DataFrame:
@@ -62,10 +63,17 @@ class RowStore:
             complete = raw.iloc[:, -1].fillna("") != ""
         valid = raw[complete].drop(columns=[SENTINEL], errors="ignore")
         dropped = len(raw) - len(valid)
-        if dropped or SENTINEL not in raw.columns or list(valid.columns) != self.columns:
+        lacking = np.zeros(len(valid), dtype=bool)
+        for column in self.required:  # rows of an older version, without what the readers now need
+            lacking |= (valid[column] == "").to_numpy() if column in valid.columns else True
+        valid = valid[~lacking]
+        if dropped or lacking.any() or SENTINEL not in raw.columns or list(valid.columns) != self.columns:
             if dropped:
                 log.warning("%s: dropped %d damaged row(s) (cut short); they will be recomputed",
                             self.path, dropped)
+            if lacking.any():
+                log.warning("%s: dropped %d row(s) without %s (written by an older ttfs_brian); they will be "
+                            "recomputed", self.path, int(lacking.sum()), ", ".join(self.required))
             self._rewrite(valid.reindex(columns=self.columns))
         table = pd.read_csv(self.path) if len(valid) else pd.DataFrame(columns=self.columns + [SENTINEL])
         return table.drop(columns=[SENTINEL])

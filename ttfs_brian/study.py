@@ -50,8 +50,8 @@ TIME_KINDS = ("spike_jitter", "input_jitter")
 """Kinds whose level is a time (ms); the others are relative (mismatch) or a margin (zeta)."""
 
 COLUMNS = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples", "start", "options",
-           "dt", "accuracy",
-           "nominal_accuracy", "agreement", "flagged", "spikes_per_neuron", "dropped", "mean_abs_dt_ms", "max_abs_dt_ms", "level_ms",
+           "dt", "classes", "accuracy", "nominal_accuracy", "agreement", "outcomes", "flagged", "spikes_per_neuron",
+           "dropped", "mean_abs_dt_ms", "max_abs_dt_ms", "level_ms",
            "level_rel_min", "level_rel_max", "layers", "twin_compared", "twin_flagged_compared", "twin_max_abs_dt_ms",
            "twin_unmatched_spikes", "twin_disagreements", "twin_flag_mismatches", "wall_s"]
 """``twin_*`` (Brian2 cells): against the analytic engine given the same perturbation and samples, on the samples
@@ -60,6 +60,26 @@ where Brian2's step-end threshold test can time every crossing (``twin_compared`
 difference, the spikes present in one engine only, the samples whose class differs and those whose flags differ."""
 KEY = ["model", "dataset", "variant", "engine", "kind", "level", "trial", "shard", "samples", "start", "options", "dt"]
 """Everything a row depends on: a rerun with another latency, ``dt`` or sharding must not reuse it."""
+REQUIRED = ["outcomes"]
+"""A row without them (written before per-sample outcomes existed) is recomputed: the report's intervals need them."""
+
+OUTCOME_BITS = {"agree": 1, "nominal_correct": 2, "correct": 4, "twin_correct": 8}
+"""Column ``outcomes``: one hexadecimal digit per sample, the sum of these bits: the prediction agrees with the
+unperturbed network's; the unperturbed network is correct; the perturbed one is; and the analytic engine under the same
+draws is (for an analytic cell, the cell itself). Paired statistics (:mod:`ttfs_brian.intervals`) need them."""
+
+
+def encode_outcomes(**flags: np.ndarray) -> str:
+    """Per-sample booleans named as :data:`OUTCOME_BITS` -> the ``outcomes`` string."""
+    code = sum(OUTCOME_BITS[name] * np.asarray(mask, dtype=np.int64) for name, mask in flags.items())
+    return "".join("0123456789abcdef"[c] for c in np.atleast_1d(code))
+
+
+def decode_outcomes(text: str) -> dict[str, np.ndarray]:
+    """The ``outcomes`` string -> per-sample booleans named as :data:`OUTCOME_BITS`."""
+    code = np.frombuffer(text.encode(), dtype=np.uint8).astype(np.int64)
+    code = np.where(code >= ord("a"), code - ord("a") + 10, code - ord("0"))
+    return {name: (code & bit) > 0 for name, bit in OUTCOME_BITS.items()}
 
 
 @dataclass(frozen=True)
@@ -134,6 +154,8 @@ class Study:
     brian_trials: int | None = 4
     shard: int = 1000
     dt: float = 0.2
+    breaking_points: list[str] = field(default_factory=list)
+    """Engines whose breaking points are searched after the grid (:mod:`ttfs_brian.search`); empty: the grid only."""
     user_models: dict[str, UserModel] = field(default_factory=dict)
 
     @classmethod
@@ -184,6 +206,11 @@ class Study:
             if getattr(self, name) is not None:
                 _count(getattr(self, name), name, low=1)
         finite(self.dt, "dt (ms)", low=0.0, low_open=True)
+        if isinstance(self.breaking_points, bool):  # TOML's `breaking_points = true`: the analytic engine
+            self.breaking_points = ["analytic"] if self.breaking_points else []
+        for engine in self.breaking_points:
+            if engine not in self.engines:
+                raise InputError(f"breaking_points names engine {engine!r}, which the study does not run ({self.engines})")
         for name, allowed in (("variants", ("exact", "sparse")), ("engines", ("analytic", "brian2"))):
             for value in getattr(self, name):
                 if value not in allowed:
@@ -220,25 +247,40 @@ class Study:
         self.check()
         out = []
         for model in self.models:
-            arch, dataset, source = self.resolve(model)
-            available = test_sizes[model] if test_sizes else self.test_size(model)
             for engine in self.engines:
-                total = available if self.samples is None else min(self.samples, available)
-                trials = self.trials
-                if engine == "brian2":
-                    total = min(total, self.brian_samples)
-                    trials = min(trials, self.brian_trials or trials)
-                shards = [(s, min(self.shard, total - s * self.shard)) for s in range(math.ceil(total / self.shard))]
                 # a shard's cells one after the other: a worker's cached unperturbed result serves them all
                 for variant in self.variants:
-                    for shard, size in shards:
+                    for shard in range(len(self.shards(model, engine, test_sizes))):
                         for kind, spec in self.kinds.items():
-                            options = tuple(sorted((k, v) for k, v in spec.items() if k != "levels"))
                             for level in spec["levels"]:
-                                for trial in range(trials if is_random(kind) else 1):
-                                    out.append(Cell(arch, dataset, variant, engine, kind, float(level), trial, shard,
-                                                    size, shard * self.shard, options, self.dt, source))
+                                out += self.level_cells(model, engine, variant, kind, float(level), test_sizes,
+                                                        shards=[shard])
         return out
+
+    def shards(self, model: str, engine: str, test_sizes: dict[str, int] | None = None) -> list[tuple[int, int]]:
+        """``(shard, samples)`` of one model and engine."""
+        available = test_sizes[model] if test_sizes else self.test_size(model)
+        total = available if self.samples is None else min(self.samples, available)
+        if engine == "brian2":
+            total = min(total, self.brian_samples)
+        return [(s, min(self.shard, total - s * self.shard)) for s in range(math.ceil(total / self.shard))]
+
+    def trials_of(self, engine: str, kind: str) -> int:
+        """Trials (seeds) of a kind's level for one engine: one for a kind that draws nothing."""
+        if not is_random(kind):
+            return 1
+        return min(self.trials, self.brian_trials or self.trials) if engine == "brian2" else self.trials
+
+    def level_cells(self, model: str, engine: str, variant: str, kind: str, level: float,
+                    test_sizes: dict[str, int] | None = None, shards: Sequence[int] | None = None) -> list[Cell]:
+        """The cells of one level: every trial of every shard (or of ``shards``)."""
+        arch, dataset, source = self.resolve(model)
+        options = tuple(sorted((k, v) for k, v in self.kinds[kind].items() if k != "levels"))
+        every = self.shards(model, engine, test_sizes)
+        return [Cell(arch, dataset, variant, engine, kind, float(level), trial, shard, size, shard * self.shard,
+                     options, self.dt, source)
+                for shard, size in (every if shards is None else [every[s] for s in shards])
+                for trial in range(self.trials_of(engine, kind))]
 
 
 def _count(value: Any, name: str, *, low: int) -> None:
@@ -357,7 +399,7 @@ def run_cell(cell: Cell) -> dict[str, Any]:
                   "twin_unmatched_spikes": int((shifts["spikes_only_a"] + shifts["spikes_only_b"]).sum()),
                   "twin_disagreements": int((twin.predictions != result.predictions)[clean].sum()),
                   "twin_flag_mismatches": int((twin.flagged != result.flagged)[clean].sum())}
-    return {**cell.key, **measure(net, nominal, result, y, cell), **checks, "wall_s": time.perf_counter() - started}
+    return {**cell.key, **measure(net, nominal, result, y, cell, twin), **checks, "wall_s": time.perf_counter() - started}
 
 
 def hidden_rows(net, table: pd.DataFrame) -> pd.DataFrame:
@@ -365,8 +407,9 @@ def hidden_rows(net, table: pd.DataFrame) -> pd.DataFrame:
     return table[table["layer"].map(lambda name: name in net.layers and net.layers[name].kind != "input")]
 
 
-def measure(net, nominal, result, labels: np.ndarray, cell: Cell) -> dict[str, Any]:
-    """The row of a cell: accuracy, agreement with the unperturbed network, flags, spike-time shifts per layer."""
+def measure(net, nominal, result, labels: np.ndarray, cell: Cell, twin=None) -> dict[str, Any]:
+    """The row of a cell: accuracy, agreement with the unperturbed network, per-sample outcomes (``twin``: the
+    analytic engine under the same draws, default ``result``), flags, spike-time shifts per layer."""
     layers = {}
     for shift in hidden_rows(net, compare(nominal, result)).itertuples(index=False):
         layer = net.layers[shift.layer]
@@ -376,7 +419,12 @@ def measure(net, nominal, result, labels: np.ndarray, cell: Cell) -> dict[str, A
                                "level_rel": cell.level / window if cell.kind in TIME_KINDS else cell.level}
     report = result.report[result.report["kind"] != "input"]
     rel = [v["level_rel"] for v in layers.values()] or [cell.level]
+    twin = result if twin is None else twin
+    outcomes = encode_outcomes(agree=result.predictions == nominal.predictions, nominal_correct=nominal.predictions == labels,
+                               correct=result.predictions == labels, twin_correct=twin.predictions == labels)
     return {
+        "classes": int(result.logits.shape[1]),
+        "outcomes": outcomes,
         "accuracy": float((result.predictions == labels).mean()),
         "nominal_accuracy": float((nominal.predictions == labels).mean()),
         "agreement": float((result.predictions == nominal.predictions).mean()),
@@ -423,39 +471,95 @@ class _WorkerHeap(WorkerPlugin):
 # --------------------------------------------------------------------------- the client
 def run_study(study: Study, out: str | Path, *, scheduler: str | None = None, workers: int = 2,
               retries: int = 3) -> pd.DataFrame:
-    """Run every missing cell of ``study`` on Dask and append its row to ``out`` (CSV) as it finishes."""
-    from distributed import Client, LocalCluster, as_completed
-    from tqdm import tqdm
-
+    """Run every missing cell of ``study`` on Dask and append its row to ``out`` (CSV) as it finishes; then, for the
+    engines of ``study.breaking_points``, search the breaking points (:mod:`ttfs_brian.search`) round by round,
+    each round's new levels on the same cluster and into the same rows (so a rerun resumes the search too)."""
+    store = RowStore(out, COLUMNS, KEY, REQUIRED)
     cells = study.cells()
-    store = RowStore(out, COLUMNS, KEY)
     todo = [c for c in cells if not store.has(c.key)]
     log.info("study: %d cells, %d already in %s, %d to run", len(cells), len(cells) - len(todo), out, len(todo))
-    if not todo:
-        return store.read()
-    cluster = None
-    if scheduler is None:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0")
-        client = Client(cluster)
-    else:
-        try:
-            client = Client(scheduler, timeout="20s")
-        except (OSError, ValueError, TimeoutError) as exc:
-            raise InputError(f"cannot reach the Dask scheduler {scheduler!r}: {exc}. Start one (`dask scheduler`, then "
-                             f"`dask worker {scheduler}`) or leave out --scheduler for a local cluster") from None
-    try:
-        log.info("Dask dashboard: %s", client.dashboard_link)
-        client.register_plugin(_WorkerHeap())
-        futures = client.map(run_cell, todo, retries=retries, pure=False)
-        with tqdm(total=len(futures), desc="study cells", unit="cell") as progress:
+    with _Cluster(scheduler, workers, retries) as cluster:
+        cluster.run(todo, store, "study cells")
+        if study.breaking_points:
+            _search(study, store, cluster)
+    return store.read()
+
+
+def _search(study: Study, store: RowStore, cluster: "_Cluster") -> None:
+    """The breaking-point rounds (:mod:`ttfs_brian.search`): each proposes levels from the rows stored so far, so a
+    rerun replays the same proposals from its rows and computes only what is missing (a level an interrupted
+    round left incomplete is completed before anything new is proposed)."""
+    from . import search
+
+    sizes = {model: study.test_size(model) for model in study.models}
+    names = {study.resolve(model)[:2]: model for model in study.models}
+    for step in range(1, search.MAX_ROUNDS + 1):
+        rows = store.read()
+        present = {((names[(r.model, r.dataset)], r.engine, r.variant, r.kind), float(r.level))
+                   for r in rows.itertuples() if (r.model, r.dataset) in names and r.engine in study.breaking_points
+                   and r.kind in study.kinds}
+        missing = [c for group, level in sorted(present) for c in study.level_cells(*group, level, sizes)
+                   if not store.has(c.key)]
+        if missing:
+            log.info("breaking points: completing %d cells of interrupted levels", len(missing))
+            cluster.run(missing, store, "search: completing levels")
+            rows = store.read()
+        levels = search.proposals(study, rows)
+        if not levels:
+            return
+        cells = [c for group, level in levels for c in study.level_cells(*group, level, sizes)]
+        log.info("breaking points, round %d: %d levels, %d cells", step, len(levels), len(cells))
+        cluster.run([c for c in cells if not store.has(c.key)], store, f"search round {step}")
+    log.warning("the breaking-point search stopped after %d rounds with targets still open", search.MAX_ROUNDS)
+
+
+class _Cluster:
+    """A Dask client, started on the first cells to run (a study with nothing left to compute starts none)."""
+
+    def __init__(self, scheduler: str | None, workers: int, retries: int):
+        self.scheduler, self.workers, self.retries = scheduler, workers, retries
+        self.client = self.cluster = None
+
+    def __enter__(self) -> "_Cluster":
+        return self
+
+    def _start(self) -> None:
+        from distributed import Client, LocalCluster
+
+        if self.scheduler is None:
+            self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                        dashboard_address=":0")
+            self.client = Client(self.cluster)
+        else:
+            try:
+                self.client = Client(self.scheduler, timeout="20s")
+            except (OSError, ValueError, TimeoutError) as exc:
+                raise InputError(f"cannot reach the Dask scheduler {self.scheduler!r}: {exc}. Start one (`dask "
+                                 f"scheduler`, then `dask worker {self.scheduler}`) or leave out --scheduler for a "
+                                 "local cluster") from None
+        log.info("Dask dashboard: %s", self.client.dashboard_link)
+        self.client.register_plugin(_WorkerHeap())
+
+    def run(self, cells: list[Cell], store: RowStore, what: str) -> None:
+        """Every cell on the cluster, each row appended to ``store`` as soon as its task finishes."""
+        from distributed import as_completed
+        from tqdm import tqdm
+
+        if not cells:
+            return
+        if self.client is None:
+            self._start()
+        futures = self.client.map(run_cell, cells, retries=self.retries, pure=False)
+        with tqdm(total=len(futures), desc=what, unit="cell") as progress:
             for future in as_completed(futures):
                 store.append(future.result())
                 progress.update()
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
-    return store.read()
+
+    def __exit__(self, *exc) -> None:
+        if self.client is not None:
+            self.client.close()
+        if self.cluster is not None:
+            self.cluster.close()
 
 
 def write_report(rows: pd.DataFrame, out_dir: str | Path, commands: Sequence[str] = ()) -> Path:

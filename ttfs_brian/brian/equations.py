@@ -62,7 +62,7 @@ structure share compiled code. Only network-independent constants live in the na
 """
 from __future__ import annotations
 
-from ..neuron import NEVER_MS  # noqa: F401  (re-exported: the equations' "never")
+from ..neuron import NEVER_MS, TIME_EPS_MS  # noqa: F401  (re-exported: the equations' "never" and edge)
 
 TIMINGS = ("precise", "grid")
 
@@ -70,11 +70,6 @@ TOL = 1e-6
 """Fraction of ``dt`` by which two grid times (step edges, dt-aligned window edges) that are equal in
 exact arithmetic may differ after rounding."""
 
-TIME_EPS_MS = 1e-10
-"""Resolution (ms) of off-grid comparisons of a crossing time with a window edge: a ``sparse`` crossing
-less than this before ``t_max`` is a value of 0 (silence), a crossing less than this before ``t_min``
-is not clipped. Far above the rounding of ``t_cross`` (~1e-13 ms measured on VGG-small), far below
-the 1e-9 ms to which the precise timing is held."""
 
 
 def _gate(start: str, stop: str) -> str:

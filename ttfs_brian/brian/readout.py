@@ -11,7 +11,7 @@ import numpy as np
 from ..coding import observed
 from ..grid_bound import grid_error_bound, uncertain_predictions
 from ..network import TTFSNetwork
-from ..neuron import integrator
+from ..neuron import integrator, not_rising
 from ..result import SimulationResult, build_report, layer_record, named_results, no_flags, note_layer_flags
 from . import equations as eq
 from .builder import BuiltNetwork, Plan
@@ -69,11 +69,13 @@ class Collector:
                     self.meta.setdefault("traces", {})[name] = (t[in_round_0] * 1e3, np.asarray(v)[in_round_0].T.copy())
 
     def result(self, n: int, input_clipped: np.ndarray, spike_timing: str, dt: float, period_ms: float,
-               input_lost: int = 0, leak: bool = False, not_rising: dict[str, int] | None = None) -> SimulationResult:
+               input_lost: int = 0, leak: bool = False, perturbed: TTFSNetwork | None = None) -> SimulationResult:
         """Spike times, logits and the report of the first ``n`` samples (``leak``: an ``exact`` neuron that
         crosses before ``t_min`` counts as early, as in the analytic engine: a leaky neuron has no line;
-        ``not_rising``: per layer, the neurons of the perturbed network that cannot rise after their inputs)."""
+        ``perturbed``: the network with the run's per-trial perturbations, whose parameters classify the
+        neurons that crossed before ``t_min`` and count those that cannot rise)."""
         net = self.net
+        perturbed = net if perturbed is None else perturbed
         times: dict[str, np.ndarray] = {}
         records, reasons = [], no_flags(n)
         logits = None
@@ -88,7 +90,8 @@ class Collector:
                     raise RuntimeError("the output layer was not read out in every round (internal error)")
                 logits = v + np.asarray(layer.arrays["bias"]).reshape(1, -1) if net.variant == "sparse" else v
                 continue
-            clipped, early = self._flags(net, layer, values.size, n, input_clipped, period_ms)
+            clipped, early = self._flags(perturbed, perturbed.layers[layer.name], values.size, n, input_clipped,
+                                         period_ms)
             if leak and net.variant == "exact":
                 early |= clipped
                 clipped[:] = False
@@ -97,7 +100,7 @@ class Collector:
             worst = 0.0 if bound is None else float(bound.spike_ms[layer.name].max())
             lost = input_lost if layer.kind == "input" else sum(
                 int(np.count_nonzero(flat < n * layer.size)) for flat in self.lost[layer.name])
-            rising = (not_rising or {}).get(layer.name, 0)
+            rising = int(not_rising(perturbed, perturbed.layers[layer.name]).sum())
             records.append(layer_record(layer.name, layer.kind, times[layer.name], clipped_n, early_n, worst, lost,
                                         rising))
             note_layer_flags(reasons, layer.kind, clipped_n, early_n, rising)

@@ -16,7 +16,7 @@ import numpy as np
 from .. import connectivity as cn
 from ..coding import input_spike_times
 from ..network import TTFSNetwork
-from ..neuron import NEVER_MS, integrator, not_rising
+from ..neuron import NEVER_MS, integrator
 from ..perturb import Perturbation, departure, find, perturb_network
 from .builder import BuiltNetwork, Plan
 
@@ -32,7 +32,7 @@ class RunValues:
     shared: dict[tuple[str, str], float] = field(default_factory=dict)  # (layer, variable) -> value in ms units
     eps: dict[str, np.ndarray] = field(default_factory=dict)
     lost: dict[str, np.ndarray] = field(default_factory=dict)
-    not_rising: dict[str, int] = field(default_factory=dict)  # per hidden layer (:func:`ttfs_brian.neuron.not_rising`)
+    network: TTFSNetwork | None = None  # with the run's per-trial perturbations (the readout's parameters)
 
     def padded(self, total: int) -> "RunValues":
         """The per-sample arrays padded with silent samples to ``total``."""
@@ -42,7 +42,7 @@ class RunValues:
             return out
         return RunValues(pad(self.t_in, NEVER_MS), self.input_clipped, self.input_lost, self.variables, self.shared,
                          {k: pad(v, 0.0) for k, v in self.eps.items()}, {k: pad(v, False) for k, v in self.lost.items()},
-                         self.not_rising)
+                         self.network)
 
 
 def run_values(net: TTFSNetwork, plan: Plan, perturbations: Sequence[Perturbation], data: np.ndarray,
@@ -53,10 +53,9 @@ def run_values(net: TTFSNetwork, plan: Plan, perturbations: Sequence[Perturbatio
     rule = departure(perturbed, perturbed.input, perturbations, indices)
     leaving = times if rule is None else rule.apply(times)
     values = RunValues(np.nan_to_num(leaving, nan=NEVER_MS).reshape(len(data), -1), clipped,
-                       int(np.count_nonzero(~np.isnan(times) & np.isnan(leaving))))
+                       int(np.count_nonzero(~np.isnan(times) & np.isnan(leaving))), network=perturbed)
     kinds = {p.kind for p in perturbations}
     for layer in perturbed.layers.values():
-        values.not_rising[layer.name] = int(not_rising(perturbed, layer).sum())
         if layer.kind == "neuron" and kinds & {"alpha_mismatch", "threshold_mismatch", "weight_noise", "weight_bits"}:
             params = integrator(perturbed, layer)
             for key in ("alpha", "beta", "theta"):

@@ -277,7 +277,7 @@ class Simulator:
         run_s = time.perf_counter() - started
         result = collector.result(n, values.input_clipped, self.timing, self.dt, self.period_ms(), values.input_lost,
                                   leak=self.structure.leak and any(p.kind == "leak" for p in perturbations),
-                                  not_rising=values.not_rising)
+                                  perturbed=values.network)
         result.meta.update(
             device=self.device, timing=self.timing, dt=self.dt, build_s=self._build_s, compile_s=self._compile_s,
             run_s=run_s, replicas=built.layout.replicas, rounds=built.layout.rounds, chunks=chunks,
