@@ -267,20 +267,28 @@ def first_crossing_times(arrivals: torch.Tensor, weights: torch.Tensor, threshol
 
 
 def _first_crossing_chunk(arrivals, weights, threshold, end, alpha):
-    arrival, order = torch.sort(arrivals.clamp(max=end), dim=1)
-    w_sorted = torch.gather(weights, 1, order)
-    k = arrivals.shape[0]
-    starts = torch.cat([torch.zeros(k, 1, dtype=torch.float64), arrival], dim=1)
-    ends = torch.cat([arrival, torch.full((k, 1), end, dtype=torch.float64)], dim=1)
-    slopes = torch.cat([torch.zeros(k, 1, dtype=torch.float64), torch.cumsum(w_sorted, dim=1)], dim=1) + alpha[:, None]
-    v_end = torch.cumsum(slopes * (ends - starts), dim=1)
-    v_start = v_end - slopes * (ends - starts)
-    hit = v_end >= threshold[:, None]
-    first = hit.to(torch.int8).argmax(dim=1, keepdim=True)
-    seg_start, seg_v, seg_slope = (torch.gather(a, 1, first)[:, 0] for a in (starts, v_start, slopes))
-    already = seg_v >= threshold
-    t = torch.where(already, seg_start, seg_start + (threshold - seg_v) / torch.where(already, 1.0, seg_slope))
-    return torch.where(hit.any(dim=1), t, torch.inf)
+    # sorted arrivals a_k with cumulative weights C_k and D_k = sum_{m <= k} w_m a_m: between a_k and a_{k+1},
+    # V(t) = t (alpha + C_k) - D_k, so V at every breakpoint comes from two cumulative sums
+    a, order = torch.sort(arrivals.clamp(max=end), dim=1)
+    w = torch.gather(weights, 1, order)
+    c = torch.cumsum(w, dim=1)
+    d = torch.cumsum(w * a, dim=1)
+    slope = alpha[:, None] + c  # after each arrival
+    v = a * slope - d  # at each arrival
+    v_end = end * slope[:, -1] - d[:, -1]
+    hit = v >= threshold[:, None]
+    any_hit = hit.any(dim=1)
+    first = hit.to(torch.int8).argmax(dim=1)  # the first arrival at which V >= theta (if any)
+    # the crossing lies in the segment that ends there (or, without one, in the last segment up to `end`)
+    k = torch.where(any_hit, first, torch.full_like(first, a.shape[1]))
+    previous = (k - 1).clamp(min=0)[:, None]
+    seg_start = torch.where(k > 0, torch.gather(a, 1, previous)[:, 0], 0.0)
+    seg_v = torch.where(k > 0, torch.gather(v, 1, previous)[:, 0], 0.0)
+    seg_slope = torch.where(k > 0, torch.gather(slope, 1, previous)[:, 0], alpha)
+    t = seg_start + (threshold - seg_v) / torch.where(seg_slope > 0, seg_slope, 1.0)
+    t = torch.where(threshold <= 0, 0.0, t)
+    reached = any_hit | (v_end >= threshold) | (threshold <= 0)
+    return torch.where(reached, t, torch.inf)
 
 
 def _output(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]) -> torch.Tensor:

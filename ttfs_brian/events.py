@@ -178,12 +178,11 @@ class TimedRun:
         """Arrival times (relative to ``t_on``; inf: never) and weights of the neurons ``index``."""
         times, weights = [], []
         for proj in layer.projections:
-            arrived = self._clamped(proj, params)
-            mask = torch.isfinite(arrived).to(torch.float64)
-            at, w = evaluate.fan_in(proj, arrived.nan_to_num(posinf=0.0) - params.t_on, layer.shape, index)
-            present, _ = evaluate.fan_in(proj, mask, layer.shape, index)  # 0 for padding taps and lost spikes
-            times.append(torch.where(present > 0, at, torch.inf))
-            weights.append(w * present)
+            # shifted to >= 1 (arrivals act from t_on), so that a zero-padded tap, which reads 0, stands apart
+            shifted, w = evaluate.fan_in(proj, self._clamped(proj, params) - (params.t_on - 1.0), layer.shape, index)
+            present = torch.isfinite(shifted) & (shifted >= 0.5)  # not padding, not a lost spike
+            times.append(torch.where(present, shifted - 1.0, torch.inf))
+            weights.append(torch.where(present, w, 0.0))
         return torch.cat(times, dim=1), torch.cat(weights, dim=1)
 
     def _sparse(self, layer: Layer, params: Integrator):
