@@ -15,7 +15,7 @@ from ttfs_brian.brian import Simulator
 from ttfs_brian.comparison import reproduction_failures
 from ttfs_brian.errors import InputError
 from ttfs_brian.network import Layer, TTFSNetwork
-from ttfs_brian.perturb import KINDS, Perturbation, normal, uniform
+from ttfs_brian.perturb import KINDS, TIME_CONSTANTS, Perturbation, normal, uniform
 from ttfs_brian.projection import Projection
 from helpers import ResidualNet, randomize_batchnorm
 
@@ -83,7 +83,7 @@ def assert_same(a, b, tol=TOL_MS):
 @pytest.mark.parametrize("kind", sorted(set(KINDS) - {"membrane_noise"}))
 def test_level_zero_is_the_unperturbed_network(kind, nets):
     net, x = nets[("conv", "exact")]
-    zero = Perturbation(kind, math.inf if kind == "leak" else 0.0, seed=3)
+    zero = Perturbation(kind, math.inf if kind in TIME_CONSTANTS else 0.0, seed=3)
     plain = simulate_analytic(net, x)
     assert not reproduction_failures(plain, simulate_analytic(net, x, perturbation=zero))
     assert_same(plain, Simulator(net, codegen_target="numpy").run(x, perturbation=zero), tol=TOL_MS)

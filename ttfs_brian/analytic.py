@@ -26,15 +26,13 @@ import torch
 
 from . import evaluate, perturb
 from .coding import encode_inputs, observed, spike_times
+from .crossings import first_crossing_times
 from .errors import InputError
 from .network import Layer, TTFSNetwork
 from .neuron import TIME_EPS_MS, Integrator, integrator, not_rising
 from .projection import weight_sum
 from .result import SimulationResult, build_report, layer_record, named_results, no_flags, note_layer_flags
 from .validation import sample_indices, validate_inputs
-
-CROSSING_CHUNK = 2_000_000
-"""Candidate neurons x fan-in processed at once by the event-driven early-firing check."""
 
 
 def _t(array: np.ndarray) -> torch.Tensor:
@@ -65,8 +63,9 @@ def simulate_analytic(net: TTFSNetwork, x: np.ndarray | torch.Tensor, perturbati
     return result
 
 
-TIMED_KINDS = ("input_jitter", "spike_jitter", "time_bits", "drop", "leak")
-"""Perturbations that move spikes off their nominal times: solved on arrival times (:mod:`ttfs_brian.events`)."""
+TIMED_KINDS = ("input_jitter", "spike_jitter", "time_bits", "drop", "leak") + perturb.SYNAPTIC
+"""Perturbations that move spikes off their nominal times, or change the neuron or its synapses: solved on arrival
+times (:mod:`ttfs_brian.events`)."""
 
 
 SAMPLE_CHUNK = 128
@@ -250,45 +249,6 @@ def first_crossing(inputs: torch.Tensor, weights: torch.Tensor, threshold: torch
     ``dV/dt = alpha + sum_j w_j H(t - a_j)`` with arrivals ``a_j = b_in - x_j`` (values ``x_j``).
     """
     return first_crossing_times(b_in - inputs, weights, threshold, alpha, b_in)
-
-
-def first_crossing_times(arrivals: torch.Tensor, weights: torch.Tensor, threshold: torch.Tensor,
-                         alpha: torch.Tensor | float, end: float) -> torch.Tensor:
-    """First time in ``[0, end]`` at which ``V >= threshold`` for ``dV/dt = alpha + sum_j w_j H(t - a_j)``,
-    ``V(0) = 0``, arrivals ``a_j`` >= 0 (inf: never); inf if none. ``V`` is piecewise linear, so sorting the
-    arrivals and accumulating slopes gives ``V`` at every breakpoint exactly."""
-    alpha = torch.as_tensor(alpha, dtype=torch.float64).expand(arrivals.shape[0])
-    out = torch.empty(arrivals.shape[0], dtype=torch.float64)
-    step = max(1, CROSSING_CHUNK // max(1, arrivals.shape[1]))
-    for lo in range(0, arrivals.shape[0], step):
-        sl = slice(lo, lo + step)
-        out[sl] = _first_crossing_chunk(arrivals[sl], weights[sl], threshold[sl], end, alpha[sl])
-    return out
-
-
-def _first_crossing_chunk(arrivals, weights, threshold, end, alpha):
-    # sorted arrivals a_k with cumulative weights C_k and D_k = sum_{m <= k} w_m a_m: between a_k and a_{k+1},
-    # V(t) = t (alpha + C_k) - D_k, so V at every breakpoint comes from two cumulative sums
-    a, order = torch.sort(arrivals.clamp(max=end), dim=1)
-    w = torch.gather(weights, 1, order)
-    c = torch.cumsum(w, dim=1)
-    d = torch.cumsum(w * a, dim=1)
-    slope = alpha[:, None] + c  # after each arrival
-    v = a * slope - d  # at each arrival
-    v_end = end * slope[:, -1] - d[:, -1]
-    hit = v >= threshold[:, None]
-    any_hit = hit.any(dim=1)
-    first = hit.to(torch.int8).argmax(dim=1)  # the first arrival at which V >= theta (if any)
-    # the crossing lies in the segment that ends there (or, without one, in the last segment up to `end`)
-    k = torch.where(any_hit, first, torch.full_like(first, a.shape[1]))
-    previous = (k - 1).clamp(min=0)[:, None]
-    seg_start = torch.where(k > 0, torch.gather(a, 1, previous)[:, 0], 0.0)
-    seg_v = torch.where(k > 0, torch.gather(v, 1, previous)[:, 0], 0.0)
-    seg_slope = torch.where(k > 0, torch.gather(slope, 1, previous)[:, 0], alpha)
-    t = seg_start + (threshold - seg_v) / torch.where(seg_slope > 0, seg_slope, 1.0)
-    t = torch.where(threshold <= 0, 0.0, t)
-    reached = any_hit | (v_end >= threshold) | (threshold <= 0)
-    return torch.where(reached, t, torch.inf)
 
 
 def _output(net: TTFSNetwork, layer: Layer, values: dict[str, torch.Tensor]) -> torch.Tensor:

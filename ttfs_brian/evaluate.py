@@ -76,3 +76,24 @@ def fan_in(proj: Projection, x: torch.Tensor, target_shape: tuple[int, ...], ind
     return cols[torch.arange(k), group], w[channel].reshape(k, -1)
 
 
+
+
+def fan_in_sources(proj: Projection, source_shape: tuple[int, ...], target_shape: tuple[int, ...],
+                   index: tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The flat source neuron of every input of :func:`fan_in` (same order), ``-1`` for a zero-padded tap: with the
+    target neuron, what names a synapse (:func:`ttfs_brian.perturb.synapse_keys`)."""
+    size = int(np.prod(source_shape))
+    ids = torch.arange(1, size + 1, dtype=torch.float64).reshape(1, *source_shape)  # 0 is a padded tap
+    k = len(index[0])
+    if proj.kind == "conv":
+        # fan_in gathers per sample; every sample has the same sources, so sample 0 stands for all
+        zeros = torch.zeros(k, dtype=torch.int64)
+        values, _ = fan_in(proj, ids, target_shape, (zeros, *index[1:]))
+    elif proj.kind == "dense":
+        values = ids.reshape(1, -1).expand(k, -1)
+    elif proj.kind == "identity":
+        flat = torch.as_tensor(np.ravel_multi_index([t.numpy() for t in index[1:]], target_shape))
+        values = (int(proj.attrs.get("offset", 0)) + flat + 1).to(torch.float64).reshape(k, 1)
+    else:
+        raise ValueError(f"a {proj.kind} projection has no weighted inputs")
+    return values.round().to(torch.int64) - 1

@@ -30,9 +30,13 @@ import torch.nn.functional as F
 
 from . import evaluate
 from .coding import encode_inputs, spike_times
+from .crossings import (CHUNK, exponential_first_crossing, exponential_potential, first_crossing_times,
+                        linear_first_crossing, linear_potential)
+from .errors import InputError
 from .network import Layer, TTFSNetwork
 from .neuron import TIME_EPS_MS, Integrator, integrator
-from .perturb import Perturbation, departure, find, perturb_network
+from .perturb import (INHIBITORY_REVERSAL, SYNAPTIC, Perturbation, delay_offsets, departure, find,
+                      perturb_network, release_key, release_unit, reversal_scale)
 from .projection import Projection, pad_sum, pair, weight_sum
 
 EPS_MS = TIME_EPS_MS
@@ -51,8 +55,19 @@ class TimedRun:
         self.perturbations = perturbations
         self.indices = indices
         leak = find(perturbations, "leak")
-        self.tau_m = None if leak is None else leak.level
+        self.inv_tau_m = 0.0 if leak is None or math.isinf(leak.level) else 1.0 / leak.level
+        synaptic = find(perturbations, "synaptic_tau")
+        self.tau_s = None if synaptic is None or math.isinf(synaptic.level) else synaptic.level
+        self.conductance = find(perturbations, "conductance")
+        self.delays = find(perturbations, "delay_mismatch")
+        self.release = find(perturbations, "release_failure")
+        if self.tau_s is not None and (leak is not None or self.conductance is not None):
+            raise InputError("synaptic_tau combines with neither leak nor conductance (no solver for the combination); "
+                             "run them one at a time")
+        # every synapse apart: per-synapse perturbations, or dynamics without a closed form after the last input
+        self.by_synapse = leak is not None or any(p.kind in SYNAPTIC for p in perturbations)
         self.departures: dict[str, torch.Tensor] = {}  # ms, inf = never arrives anywhere
+        self._per_synapse: dict[tuple, torch.Tensor] = {}  # (kind, layer, projection) -> (neurons, fan-in) draws
 
     def input(self, data: np.ndarray):
         u, clipped = encode_inputs(self.net, data)
@@ -87,8 +102,8 @@ class TimedRun:
     def hidden(self, layer: Layer):
         """Spike times, per-neuron clipped and early masks, spikes lost."""
         params = integrator(self.net, layer)
-        if self.tau_m is not None:
-            times, clipped, early = self._leaky(layer, params)
+        if self.by_synapse:
+            times, clipped, early = self._by_synapse(layer, params)
         elif self.net.variant == "exact":
             times, clipped, early = self._exact(layer, params)
         else:
@@ -99,8 +114,8 @@ class TimedRun:
     def output(self, layer: Layer) -> np.ndarray:
         params = integrator(self.net, layer)
         n = self._batch()
-        if self.tau_m is not None:
-            v = self._leaky_potential(layer, params, params.t_off)
+        if self.by_synapse:
+            v = self._potential_by_synapse(layer, params, params.t_off)
         else:
             v = _per_neuron(params.alpha, layer) * (params.t_off - params.t_on) / params.tau_c
             for proj in layer.projections:
@@ -201,43 +216,144 @@ class TimedRun:
         times = torch.where(times < layer.t_max - EPS_MS, times, torch.nan)
         return times, clipped, torch.zeros_like(clipped)
 
-    # ------------------------------------------------------------------ leak
-    def _leaky(self, layer: Layer, params: Integrator):
-        index = tuple(torch.as_tensor(i) for i in np.indices((self._batch(), *layer.shape)).reshape(len(layer.shape) + 1, -1))
-        arrivals, weights = self._fan_in(layer, params, index)
-        k = arrivals.shape[0]
-        late = torch.full((k, 1), params.t_late - params.t_on, dtype=torch.float64)
-        stop = torch.full((k, 1), params.t_off - params.t_on, dtype=torch.float64)
-        beta = _t(params.beta).repeat(self._batch())
-        alpha = _t(params.alpha).repeat(self._batch())
-        theta = _t(params.theta).repeat(self._batch())
-        fire_from = params.t_fire - params.t_on
-        first = leaky_first_crossing(arrivals, weights, alpha, beta, late[:, 0], stop[:, 0], theta,
-                                     fire_from, params.t_max - params.t_on, params.tau_c, self.tau_m)
-        times = (first + params.t_on).reshape(self._batch(), *layer.shape)
+    # ------------------------------------------------------------------ every synapse apart
+    def _synapses(self, layer: Layer, params: Integrator, index) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per neuron of ``index``: the arrival times of its inputs (ms from ``t_on``, acting from ``t_on`` at the
+        earliest; inf: never), their weights and their conductances (per ms; 0 without ``conductance``), after
+        the synapses' own perturbations (a delay of its own, a failed release)."""
+        times, weights, decays = [], [], []
+        post = torch.as_tensor(np.ravel_multi_index([t.numpy() for t in index[1:]], layer.shape))
+        for k, proj in enumerate(layer.projections):
+            source = self.net.layers[proj.source].shape
+            sources = evaluate.fan_in_sources(proj, source, layer.shape, index)
+            arrived, w = evaluate.fan_in(proj, self.arrivals(proj), layer.shape, index)
+            real = sources >= 0  # a zero-padded tap is no synapse (exact: the drive beta stands for them)
+            if self.delays is not None:
+                arrived = arrived + self._drawn("delay", layer, k, proj, source)[post[:, None], _tap(sources)]
+            if self.release is not None:
+                unit = self._drawn("release", layer, k, proj, source)[post[:, None], _tap(sources)]
+                key = _t(release_key(self.release, layer, k, self.indices[index[0].numpy()]))
+                real = real & (torch.remainder(unit + key[:, None], 1.0) >= self.release.level)
+            present = real & torch.isfinite(arrived)
+            times.append(torch.where(present, arrived.clamp(min=params.t_on) - params.t_on, torch.inf))
+            weights.append(torch.where(present, w, 0.0))
+            decays.append(torch.where(present, self._conductance(layer, w, post), 0.0))
+        return torch.cat(times, dim=1), torch.cat(weights, dim=1), torch.cat(decays, dim=1)
+
+    def _drawn(self, what: str, layer: Layer, k: int, proj: Projection, source: tuple[int, ...]) -> torch.Tensor:
+        """A per-synapse draw for every (target neuron, fan-in position + 1) of projection ``k`` (column 0: padding),
+        once per run: the extra delay (ms) or the release unit of :mod:`ttfs_brian.perturb`."""
+        key = (what, layer.name, k)
+        if key not in self._per_synapse:
+            every = tuple(torch.as_tensor(i) for i in np.indices((1, *layer.shape)).reshape(len(layer.shape) + 1, -1))
+            sources = evaluate.fan_in_sources(proj, source, layer.shape, every).numpy()
+            post = np.arange(layer.size)[:, None]
+            draw = (delay_offsets(self.delays, self.net, layer, k, sources, post) if what == "delay"
+                    else release_unit(self.release, layer, k, sources, post))
+            self._per_synapse[key] = _t(np.concatenate([np.zeros((layer.size, 1)), np.where(sources >= 0, draw, 0.0)],
+                                                       axis=1))
+        return self._per_synapse[key]
+
+    def _conductance(self, layer: Layer, w: torch.Tensor, post: torch.Tensor) -> torch.Tensor:
+        """``g_j = J_ij / E_j`` per ms (``conductance``): ``E_exc = theta_i / level``, ``E_inh = -q theta_i / level``; the
+        output layer, a readout without a threshold, stays current-based."""
+        if self.conductance is None or self.conductance.level == 0 or layer.kind != "neuron":
+            return torch.zeros_like(w)
+        theta = _t(reversal_scale(layer))[post][:, None]
+        q = float(self.conductance.options.get("inhibitory_reversal", INHIBITORY_REVERSAL))
+        return self.conductance.level * torch.where(w > 0, w, -w / q) / (theta * self.net.tau_c)
+
+    def _padding(self, layer: Layer, params: Integrator, post: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``exact``'s zero-padded inputs (arriving at ``t_min``): their summed weight ``beta`` and conductance."""
+        beta = _t(params.beta)[post]
+        if self.net.variant != "exact" or self.conductance is None or self.conductance.level == 0:
+            return beta, torch.zeros_like(beta)
+        positive = sum(pad_sum(p, self.net.layers[p.source].shape, layer.shape, np.maximum(p.weight, 0.0))
+                       for p in layer.projections if p.kind == "conv")
+        negative = sum(pad_sum(p, self.net.layers[p.source].shape, layer.shape, np.minimum(p.weight, 0.0))
+                       for p in layer.projections if p.kind == "conv")
+        if isinstance(positive, int):
+            return beta, torch.zeros_like(beta)
+        q = float(self.conductance.options.get("inhibitory_reversal", INHIBITORY_REVERSAL))
+        g = (_t(positive).reshape(-1) - _t(negative).reshape(-1) / q) * self.conductance.level
+        return beta, (g / (_t(reversal_scale(layer)) * self.net.tau_c))[post]
+
+    def _chunks(self, layer: Layer):
+        """Every (sample, neuron) of the batch in chunks of about CHUNK neurons x fan-in."""
+        fan = sum(int(np.prod(p.weight.shape[1:])) if p.kind == "conv" else (p.weight.shape[1] if p.kind == "dense"
+                  else 1) for p in layer.projections)
+        every = np.indices((self._batch(), *layer.shape)).reshape(len(layer.shape) + 1, -1)
+        step = max(1, CHUNK // max(1, fan))
+        for lo in range(0, every.shape[1], step):
+            yield tuple(torch.as_tensor(i[lo:lo + step]) for i in every)
+
+    def _by_synapse(self, layer: Layer, params: Integrator):
+        """Spike times with every synapse apart: the leak, conductance-based or exponential synapses, or a synapse's own
+        delay or release (``exact`` forced at ``t_max``; ``sparse`` silent from ``t_max``)."""
+        out = torch.empty(self._batch() * layer.size, dtype=torch.float64)
+        theta_all, alpha_all = _t(params.theta), _t(params.alpha)
+        lo = 0
+        for index in self._chunks(layer):
+            post = torch.as_tensor(np.ravel_multi_index([t.numpy() for t in index[1:]], layer.shape))
+            arrivals, weights, decays = self._synapses(layer, params, index)
+            beta, beta_decay = self._padding(layer, params, post)
+            theta, alpha = theta_all[post], alpha_all[post]
+            late, stop = params.t_late - params.t_on, params.t_off - params.t_on
+            if self.tau_s is not None and self.net.variant == "exact":  # padding: a synaptic input at t_min
+                first = exponential_first_crossing(
+                    torch.cat([arrivals, torch.full((len(post), 1), late, dtype=torch.float64)], dim=1),
+                    torch.cat([weights, beta[:, None]], dim=1), alpha, theta, params.t_max - params.t_on,
+                    params.tau_c, self.tau_s)
+            elif self.tau_s is not None:  # sparse: v(t_min) from the gated currents, then the drive beta
+                v = exponential_potential(arrivals, weights, 0.0, stop, params.tau_c, self.tau_s)
+                first = torch.where(beta > 0, late + (theta - v) * params.tau_c / torch.where(beta > 0, beta, 1.0),
+                                    torch.inf)
+                first = torch.where(v >= theta, late, first)
+            else:
+                k = len(post)
+                first = linear_first_crossing(
+                    arrivals, weights, decays, alpha, beta, torch.full((k,), late, dtype=torch.float64),
+                    torch.full((k,), stop, dtype=torch.float64), theta, params.t_fire - params.t_on,
+                    params.t_max - params.t_on, params.tau_c, self.inv_tau_m, late_decays=beta_decay)
+            out[lo:lo + len(post)] = first + params.t_on
+            lo += len(post)
+        times = out.reshape(self._batch(), *layer.shape)
         if self.net.variant == "exact":
             times = times.clamp(max=params.t_max)
-        else:
-            times = torch.where(times < layer.t_max - EPS_MS, times, torch.nan)
-        if self.net.variant == "exact":
-            clipped = torch.zeros(times.shape, dtype=torch.bool)
-            early = times < layer.t_min - EPS_MS
+            clipped = torch.zeros(times.shape, dtype=torch.bool)  # a curved potential has no line to extrapolate:
+            early = times < layer.t_min - EPS_MS  # every crossing before t_min counts as early (both engines)
         else:  # above the window: the potential had reached theta by t_min
+            times = torch.where(times < layer.t_max - EPS_MS, times, torch.nan)
             clipped = times <= layer.t_min + EPS_MS
             early = torch.zeros_like(clipped)
         return times, clipped, early
 
-    def _leaky_potential(self, layer: Layer, params: Integrator, at: float) -> torch.Tensor:
-        n = self._batch()
-        index = tuple(torch.as_tensor(i) for i in np.indices((n, *layer.shape)).reshape(len(layer.shape) + 1, -1))
-        arrivals, weights = self._fan_in(layer, params, index)
-        k = arrivals.shape[0]
-        alpha = _t(params.alpha).repeat(n)
-        v = leaky_potential(arrivals, weights, alpha, torch.zeros(k, dtype=torch.float64),
-                            torch.full((k,), np.inf, dtype=torch.float64),
-                            torch.full((k,), params.t_off - params.t_on, dtype=torch.float64),
-                            at - params.t_on, params.tau_c, self.tau_m)
-        return v.reshape(n, *layer.shape)
+    def _potential_by_synapse(self, layer: Layer, params: Integrator, at: float) -> torch.Tensor:
+        """The output layer's potential at ``at`` (its ``t_min``), every synapse apart."""
+        out = torch.empty(self._batch() * layer.size, dtype=torch.float64)
+        alpha_all = _t(params.alpha)
+        lo = 0
+        for index in self._chunks(layer):
+            post = torch.as_tensor(np.ravel_multi_index([t.numpy() for t in index[1:]], layer.shape))
+            arrivals, weights, decays = self._synapses(layer, params, index)
+            k = len(post)
+            if self.tau_s is not None:
+                v = exponential_potential(arrivals, weights, alpha_all[post], at - params.t_on, params.tau_c,
+                                          self.tau_s)
+            else:
+                v = linear_potential(arrivals, weights, decays, alpha_all[post], torch.zeros(k, dtype=torch.float64),
+                                     torch.full((k,), np.inf, dtype=torch.float64),
+                                     torch.full((k,), params.t_off - params.t_on, dtype=torch.float64),
+                                     at - params.t_on, params.tau_c, self.inv_tau_m)
+            out[lo:lo + k] = v
+            lo += k
+        return out.reshape(self._batch(), *layer.shape)
+
+
+def _tap(sources: torch.Tensor) -> torch.Tensor:
+    """Fan-in positions as columns of a per-synapse draw (:meth:`TimedRun._drawn`): 1 + position, 0 for padding."""
+    columns = torch.arange(1, sources.shape[1] + 1).expand_as(sources)
+    return torch.where(sources >= 0, columns, 0)
 
 
 def _per_neuron(array: np.ndarray, layer: Layer) -> torch.Tensor:
@@ -261,82 +377,8 @@ def _latest(proj: Projection, arrivals: torch.Tensor, target_shape: tuple[int, .
 
 def first_crossing_at(arrivals: torch.Tensor, rates: torch.Tensor, threshold: torch.Tensor, alpha: torch.Tensor,
                       end: float) -> torch.Tensor:
-    """:func:`ttfs_brian.analytic.first_crossing_times` with per-neuron ``alpha`` (rates already per ms)."""
-    from .analytic import first_crossing_times
-
+    """:func:`ttfs_brian.crossings.first_crossing_times` with per-neuron ``alpha`` (rates already per ms)."""
     return first_crossing_times(arrivals, rates, threshold, alpha, end)
-
-
-def _segments(arrivals, weights, alpha, beta, late, stop):
-    """Sorted event times (relative to ``t_on``) and the rate ``(alpha + I) f_in + beta f_late`` after each."""
-    k = arrivals.shape[0]
-    inside = arrivals < stop[:, None]  # arrivals after the input gate closes change nothing
-    w = torch.where(inside, weights, 0.0)
-    times = torch.cat([arrivals.clamp(min=0.0), late[:, None], stop[:, None]], dim=1)
-    stop_change = -(alpha + w.sum(dim=1))  # the gate closes: the input current stops
-    changes = torch.cat([w, beta[:, None], stop_change[:, None]], dim=1)
-    times = torch.where(torch.isfinite(times), times, torch.inf)
-    order = torch.argsort(times, dim=1, stable=True)
-    times = torch.gather(times, 1, order)
-    changes = torch.gather(changes, 1, order)
-    starts = torch.cat([torch.zeros(k, 1, dtype=torch.float64), times], dim=1)
-    rates = torch.cat([torch.zeros(k, 1, dtype=torch.float64), torch.cumsum(changes, dim=1)], dim=1) + alpha[:, None]
-    return starts, rates
-
-
-def _relaxed(v, rate, span, inv_tau):
-    """``v`` after ``span`` ms of ``dv/dt = rate - v inv_tau`` (rate per ms): ``v e^{-span/tau} + rate span
-    exprel(-span/tau)``, exact and stable for any ``tau``, infinite included (``inv_tau = 0``)."""
-    x = -span * inv_tau
-    exprel = torch.where(x == 0, torch.ones_like(x), torch.special.expm1(x) / torch.where(x == 0, 1.0, x))
-    return v * torch.exp(x) + rate * span * exprel
-
-
-def _log1p_ratio(y):
-    """``log1p(y) / y`` (1 at ``y = 0``)."""
-    return torch.where(y == 0, torch.ones_like(y), torch.log1p(y) / torch.where(y == 0, 1.0, y))
-
-
-def leaky_first_crossing(arrivals, weights, alpha, beta, late, stop, theta, fire_from: float, end: float,
-                         tau_c: float, tau_m: float) -> torch.Tensor:
-    """First ``t`` in ``[fire_from, end]`` with ``v(t) >= theta`` for ``dv/dt = rate(t) / tau_c - v / tau_m``
-    (``rate`` piecewise constant, :func:`_segments`), ``v(0) = 0``; inf if none. Between events ``v``
-    relaxes exponentially (:func:`_relaxed`); a crossing inside a segment starting at ``a`` with ``v_a`` is at
-    ``a + tau_m ln((v_inf - v_a) / (v_inf - theta))``, written with ``log1p`` so that ``tau_m = inf`` is the
-    line. Loops over event slots, vectorised over neurons."""
-    starts, rates = _segments(arrivals, weights, alpha, beta, late, stop)
-    inv = 0.0 if math.isinf(tau_m) else 1.0 / tau_m
-    k, slots = starts.shape
-    v = torch.zeros(k, dtype=torch.float64)
-    found = torch.full((k,), torch.inf, dtype=torch.float64)
-    for slot in range(slots):
-        a = starts[:, slot].clamp(max=end)
-        b = (starts[:, slot + 1] if slot + 1 < slots else torch.full((k,), end, dtype=torch.float64)).clamp(max=end)
-        lo = torch.maximum(a, torch.as_tensor(fire_from, dtype=torch.float64))
-        rate = rates[:, slot] / tau_c
-        v_lo = _relaxed(v, rate, (lo - a).clamp(min=0.0), inv)
-        open_ = (lo <= b) & torch.isinf(found)
-        found = torch.where(open_ & (v_lo >= theta), lo, found)
-        pull = rate - theta * inv  # the slope v would have at theta: positive when v can still reach it
-        rising = open_ & (pull > 0) & (v_lo < theta)
-        y = torch.where(rising, (theta - v_lo) * inv / torch.where(rising, pull, 1.0), 0.0)
-        when = lo + torch.where(rising, (theta - v_lo) / torch.where(rising, pull, 1.0), 0.0) * _log1p_ratio(y)
-        found = torch.where(rising & (when <= b), when, found)
-        v = _relaxed(v, rate, (b - a).clamp(min=0.0), inv)
-    return found
-
-
-def leaky_potential(arrivals, weights, alpha, beta, late, stop, at: float, tau_c: float, tau_m: float) -> torch.Tensor:
-    """``v(at)`` of the leaky integrator (no threshold), event by event as :func:`leaky_first_crossing`."""
-    starts, rates = _segments(arrivals, weights, alpha, beta, late, stop)
-    inv = 0.0 if math.isinf(tau_m) else 1.0 / tau_m
-    k, slots = starts.shape
-    v = torch.zeros(k, dtype=torch.float64)
-    for slot in range(slots):
-        a = starts[:, slot].clamp(max=at)
-        b = (starts[:, slot + 1] if slot + 1 < slots else torch.full((k,), at, dtype=torch.float64)).clamp(max=at)
-        v = _relaxed(v, rates[:, slot] / tau_c, (b - a).clamp(min=0.0), inv)
-    return v
 
 
 def inputs_in_crossing_step(net: TTFSNetwork, result, perturbations: Sequence[Perturbation], indices: np.ndarray,

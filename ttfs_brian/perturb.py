@@ -39,11 +39,23 @@ KINDS: dict[str, str] = {
     "drop": "per sample",
     "leak": "deterministic",
     "membrane_noise": "per sample",
+    "synaptic_tau": "deterministic",
+    "conductance": "deterministic",
+    "delay_mismatch": "per trial",
+    "release_failure": "per sample",
 }
 """Every kind and when it is drawn."""
 
 BRIAN2_ONLY = ("membrane_noise",)
-OPTIONS = {"spike_jitter": {"latency_ms"}, "time_bits": {"resolution_ms"}}
+OPTIONS = {"spike_jitter": {"latency_ms"}, "time_bits": {"resolution_ms"}, "delay_mismatch": {"latency_ms"},
+           "conductance": {"inhibitory_reversal"}}
+TIME_CONSTANTS = ("leak", "synaptic_tau")
+"""Kinds whose level is a time constant in ms: ``inf`` is no perturbation, smaller is more."""
+SYNAPTIC = ("synaptic_tau", "conductance", "delay_mismatch", "release_failure")
+"""Kinds that act on each synapse (not on a neuron or a whole spike): both engines treat every synapse apart."""
+INHIBITORY_REVERSAL = 1.0 / 7.0
+"""Default ``|E_inh| / E_exc`` of ``conductance``: 10 mV below rest against 70 mV above it (rest -70 mV,
+``E_exc`` 0 mV, ``E_inh`` -80 mV)."""
 
 
 @dataclass(frozen=True, init=False)
@@ -67,6 +79,22 @@ class Perturbation:
     ``drop``                each emitted spike (input or hidden) is lost with probability ``level``.
     ``leak``                ``dV/dt = -V / tau_m + rate``, ``tau_m = level`` (ms; ``inf`` is no leak).
     ``membrane_noise``      ``dV = (...) dt + level sqrt(2 / tau_c) dW`` (Brian2, grid timing only).
+    ``synaptic_tau``        current-based synapses with exponential currents: an input arriving at ``a_j`` drives
+                            ``J_ij exp(-(t - a_j) / tau_s)`` instead of a step ``J_ij``, so it adds
+                            ``J_ij tau_s (1 - exp(-(t - a_j) / tau_s)) / tau_c`` to ``V`` (``tau_s = level`` ms;
+                            ``inf`` is today's step). The drive ``alpha`` stays constant; ``exact``'s zero-padded
+                            inputs are synapses too, arriving at ``t_min``.
+    ``conductance``         conductance-based synapses, ``I_j = g_j (E_j - V)`` with ``g_j = J_ij / E_j``, so that
+                            ``I_j = J_ij`` at rest (``V = 0``): ``E_exc = theta_i / level`` for excitatory and
+                            ``E_inh = -inhibitory_reversal theta_i / level`` for inhibitory synapses (option,
+                            default 1/7); ``level = theta / E_exc`` in ``[0, 1)``, 0 is today's current-based network.
+                            The output layer, a readout without a threshold, keeps current-based synapses.
+    ``delay_mismatch``      every synapse's delay gets ``delta_ij ~ N(0, level^2)`` ms, drawn once per trial,
+                            truncated at ``-D`` so that no spike arrives before it was sent (``D = latency_ms``,
+                            default 0, delays every projection as for ``spike_jitter``) and rounded to the
+                            network's ``dt`` (a simulator's spike queue delivers whole steps).
+    ``release_failure``     each spike fails to reach each of its targets on its own with probability ``level``
+                            (per synapse and per sample; ``drop`` loses a spike at every target).
     """
 
     kind: str
@@ -85,14 +113,22 @@ class Perturbation:
     def _check(self) -> None:
         if self.kind not in KINDS:
             raise InputError(f"unknown perturbation kind {self.kind!r}; choose one of {sorted(KINDS)}")
-        level = float(self.level)
-        if math.isnan(level) or level < 0 or (math.isinf(level) and self.kind != "leak"):
-            raise InputError(f"perturbation {self.kind}: level must be a finite number >= 0 (leak: > 0, inf allowed), "
-                             f"got {self.level!r}")
-        if self.kind == "drop" and level > 1:
-            raise InputError(f"perturbation drop: level is a probability in [0, 1], got {level}")
-        if self.kind == "leak" and level <= 0:
-            raise InputError("perturbation leak: level is tau_m in ms and must be > 0 (inf: no leak)")
+        try:
+            level = float(self.level)
+        except (TypeError, ValueError):
+            raise InputError(f"perturbation {self.kind}: level must be a number, got {self.level!r}") from None
+        if math.isnan(level) or level < 0 or (math.isinf(level) and self.kind not in TIME_CONSTANTS):
+            raise InputError(f"perturbation {self.kind}: level must be a finite number >= 0 (leak, synaptic_tau: > 0, "
+                             f"inf allowed), got {self.level!r}")
+        if self.kind in ("drop", "release_failure") and level > 1:
+            raise InputError(f"perturbation {self.kind}: level is a probability in [0, 1], got {level}")
+        if self.kind in TIME_CONSTANTS and level <= 0:
+            raise InputError(f"perturbation {self.kind}: level is a time constant in ms and must be > 0 (inf: none)")
+        if self.kind == "conductance" and level >= 1:
+            raise InputError(f"perturbation conductance: level is theta / E_exc and must be in [0, 1) (a threshold at "
+                             f"or beyond the excitatory reversal potential can never be reached), got {level}")
+        if self.options.get("inhibitory_reversal", 1.0) <= 0:
+            raise InputError("perturbation conductance: inhibitory_reversal (|E_inh| / E_exc) must be > 0")
         unknown = set(self.options) - OPTIONS.get(self.kind, set())
         if unknown:
             raise InputError(f"perturbation {self.kind} has no options {sorted(unknown)}; it takes "
@@ -105,7 +141,7 @@ class Perturbation:
     @property
     def is_identity(self) -> bool:
         """True when this perturbation changes nothing (level 0, no latency; infinite leak)."""
-        if self.kind == "leak":
+        if self.kind in TIME_CONSTANTS:
             return math.isinf(self.level)
         if self.kind in ("weight_bits", "time_bits"):
             return self.level == 0 and not self.options.get("resolution_ms")
@@ -167,9 +203,9 @@ def normal(seed: int, *keys: Any, low: float = -np.inf) -> np.ndarray:
 # --------------------------------------------------------------------------- the network (per trial)
 def perturb_network(net: TTFSNetwork, perturbations: Sequence[Perturbation]) -> TTFSNetwork:
     """The network with the per-trial and deterministic perturbations applied (a new object)."""
-    jitter = find(perturbations, "spike_jitter")
-    if jitter is not None and jitter.options.get("latency_ms"):
-        net = with_latency(net, float(jitter.options["latency_ms"]))
+    latency = total_latency(perturbations)
+    if latency:
+        net = with_latency(net, latency)
     changes = {kind: find(perturbations, kind) for kind in
                ("alpha_mismatch", "threshold_mismatch", "weight_noise", "weight_bits")}
     if not any(changes.values()):
@@ -207,6 +243,12 @@ def _perturb_layer(net: TTFSNetwork, layer: Layer, changes: dict[str, Perturbati
             projections = [p if p.weight is None else p.with_weight(low + np.round((p.weight - low) / step) * step)
                            for p in projections]
     return replace(layer, projections=tuple(projections), arrays=arrays)
+
+
+def total_latency(perturbations: Sequence[Perturbation]) -> float:
+    """The transmission latency (ms) the perturbations add to every projection (``latency_ms`` of ``spike_jitter``
+    and ``delay_mismatch``, which add up)."""
+    return float(sum(p.options.get("latency_ms", 0.0) for p in perturbations))
 
 
 def with_latency(net: TTFSNetwork, latency: float) -> TTFSNetwork:
@@ -274,3 +316,53 @@ def departure(net: TTFSNetwork, layer: Layer, perturbations: Sequence[Perturbati
     if eps is None and dropped is None and grid is None:
         return None
     return Departure(eps, dropped, grid)
+
+
+# --------------------------------------------------------------------------- synapses (per trial, per sample)
+def synapse_keys(layer: Layer, k: int, pre: np.ndarray, post: np.ndarray) -> tuple:
+    """The draw keys of the synapses ``pre -> post`` (flat neuron indices) of projection ``k`` into ``layer``:
+    both engines name a synapse by its two neurons, whatever order they store it in."""
+    return layer.name, k, np.asarray(pre, dtype=np.int64), np.asarray(post, dtype=np.int64)
+
+
+def delay_offsets(perturbation: Perturbation, net: TTFSNetwork, layer: Layer, k: int, pre: np.ndarray,
+                  post: np.ndarray) -> np.ndarray:
+    """``delay_mismatch``: each synapse's extra delay (ms), ``N(0, level^2)`` truncated at ``-latency_ms`` and rounded
+    to the network's ``dt`` (unrounded for a network converted without one)."""
+    if perturbation.level == 0:
+        return np.zeros(np.broadcast(pre, post).shape)
+    latency = float(perturbation.options.get("latency_ms", 0.0))
+    delta = perturbation.level * normal(perturbation.seed, perturbation.kind, *synapse_keys(layer, k, pre, post),
+                                        low=-latency / perturbation.level)
+    if net.dt:
+        # rounded towards the truncation point's side never below it: -latency is a multiple of dt
+        delta = np.maximum(np.round(delta / net.dt) * net.dt, -latency)
+    return delta
+
+
+def release_failures(perturbation: Perturbation, layer: Layer, k: int, pre: np.ndarray, post: np.ndarray,
+                     samples: np.ndarray) -> np.ndarray:
+    """``release_failure``: whether the transmission of a spike of sample ``samples`` through synapse ``pre -> post``
+    fails. One uniform number per synapse ``u`` (per trial) and one per sample and projection ``r`` decide it:
+    it fails when ``frac(u + r) < level``. For a given sample the ``frac(u + r)`` of all synapses are independent
+    and uniform, so each fails on its own with probability ``level``; and a simulator needs only ``u`` per synapse and
+    ``r`` per sample, not a table of synapses x samples."""
+    u = release_unit(perturbation, layer, k, pre, post)
+    return np.mod(u + release_key(perturbation, layer, k, samples), 1.0) < perturbation.level
+
+
+def release_key(perturbation: Perturbation, layer: Layer, k: int, samples: np.ndarray) -> np.ndarray:
+    """``r`` of :func:`release_failures`: one uniform number per sample and projection."""
+    return uniform(perturbation.seed, perturbation.kind, layer.name, k, "sample", np.asarray(samples, dtype=np.int64))
+
+
+def reversal_scale(layer: Layer) -> np.ndarray:
+    """``theta_i`` per neuron of a hidden layer, to which ``conductance`` scales the reversal potentials
+    (``E_exc = theta_i / level``); a threshold at or below 0 (a perturbed one) takes 1e-3 of the layer's largest."""
+    theta = np.asarray(layer.arrays["threshold"], dtype=np.float64).reshape(-1)
+    return np.maximum(theta, 1e-3 * max(float(np.abs(theta).max(initial=0.0)), 1e-12))
+
+
+def release_unit(perturbation: Perturbation, layer: Layer, k: int, pre: np.ndarray, post: np.ndarray) -> np.ndarray:
+    """``u`` of :func:`release_failures`: one uniform number per synapse."""
+    return uniform(perturbation.seed, perturbation.kind, *synapse_keys(layer, k, pre, post))
