@@ -232,7 +232,7 @@ class TimedRun:
                 arrived = arrived + self._drawn("delay", layer, k, proj, source)[post[:, None], _tap(sources)]
             if self.release is not None:
                 unit = self._drawn("release", layer, k, proj, source)[post[:, None], _tap(sources)]
-                key = _t(release_key(self.release, layer, k, self.indices[index[0].numpy()]))
+                key = _t(release_key(self.release, self.indices[index[0].numpy()]))
                 real = real & (torch.remainder(unit + key[:, None], 1.0) >= self.release.level)
             present = real & torch.isfinite(arrived)
             times.append(torch.where(present, arrived.clamp(min=params.t_on) - params.t_on, torch.inf))
@@ -291,7 +291,9 @@ class TimedRun:
         """Spike times with every synapse apart: the leak, conductance-based or exponential synapses, or a synapse's own
         delay or release (``exact`` forced at ``t_max``; ``sparse`` silent from ``t_max``)."""
         out = torch.empty(self._batch() * layer.size, dtype=torch.float64)
+        line = torch.full_like(out, torch.inf)  # linear dynamics: where the line after the last input meets theta
         theta_all, alpha_all = _t(params.theta), _t(params.alpha)
+        curved = self.inv_tau_m > 0 or self.tau_s is not None or self.conductance is not None
         lo = 0
         for index in self._chunks(layer):
             post = torch.as_tensor(np.ravel_multi_index([t.numpy() for t in index[1:]], layer.shape))
@@ -316,12 +318,19 @@ class TimedRun:
                     torch.full((k,), stop, dtype=torch.float64), theta, params.t_fire - params.t_on,
                     params.t_max - params.t_on, params.tau_c, self.inv_tau_m, late_decays=beta_decay)
             out[lo:lo + len(post)] = first + params.t_on
+            if not curved and self.net.variant == "exact":
+                slope = alpha + weights.sum(dim=1) + beta
+                weighted = (weights * torch.where(torch.isfinite(arrivals), arrivals, 0.0)).sum(dim=1) + beta * late
+                at = (theta * params.tau_c + weighted) / torch.where(slope > 0, slope, 1.0) + params.t_on
+                line[lo:lo + len(post)] = torch.where(slope > 0, at, torch.inf)
             lo += len(post)
         times = out.reshape(self._batch(), *layer.shape)
         if self.net.variant == "exact":
             times = times.clamp(max=params.t_max)
-            clipped = torch.zeros(times.shape, dtype=torch.bool)  # a curved potential has no line to extrapolate:
-            early = times < layer.t_min - EPS_MS  # every crossing before t_min counts as early (both engines)
+            before = times < layer.t_min - EPS_MS
+            # clipped as in _exact; a curved potential has no line: every crossing before t_min is early (both engines)
+            clipped = before & (line.reshape(times.shape) < layer.t_min - EPS_MS)
+            early = before & ~clipped
         else:  # above the window: the potential had reached theta by t_min
             times = torch.where(times < layer.t_max - EPS_MS, times, torch.nan)
             clipped = times <= layer.t_min + EPS_MS

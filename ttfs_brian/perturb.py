@@ -348,12 +348,13 @@ def release_failures(perturbation: Perturbation, layer: Layer, k: int, pre: np.n
     and uniform, so each fails on its own with probability ``level``; and a simulator needs only ``u`` per synapse and
     ``r`` per sample, not a table of synapses x samples."""
     u = release_unit(perturbation, layer, k, pre, post)
-    return np.mod(u + release_key(perturbation, layer, k, samples), 1.0) < perturbation.level
+    return np.mod(u + release_key(perturbation, samples), 1.0) < perturbation.level
 
 
-def release_key(perturbation: Perturbation, layer: Layer, k: int, samples: np.ndarray) -> np.ndarray:
-    """``r`` of :func:`release_failures`: one uniform number per sample and projection."""
-    return uniform(perturbation.seed, perturbation.kind, layer.name, k, "sample", np.asarray(samples, dtype=np.int64))
+def release_key(perturbation: Perturbation, samples: np.ndarray) -> np.ndarray:
+    """``r`` of :func:`release_failures`: one uniform number per sample (the units ``u`` already differ between
+    synapses, projections and layers, so one key serves the whole network)."""
+    return uniform(perturbation.seed, perturbation.kind, "sample", np.asarray(samples, dtype=np.int64))
 
 
 def reversal_scale(layer: Layer) -> np.ndarray:

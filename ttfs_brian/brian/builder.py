@@ -111,6 +111,8 @@ class BuiltNetwork:
     structure: Structure = Structure()
     tables: dict[str, tuple[Any, Any]] = field(default_factory=dict)
     extra: tuple = field(default=())
+    release_table: Any = None
+    """``release_failure``: each sample's key, rounds x replicas (standalone)."""
 
     @property
     def input_group(self) -> Any:
@@ -130,6 +132,11 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
     monitors: dict[tuple[str, str], Any] = {}
     tables: dict[str, tuple[Any, Any]] = {}
     table = None
+    release_table = None
+    if structure.release and multiplexed:
+        release_table = b2.TimedArray(np.zeros((layout.rounds, replicas)), dt=timing.period_ms * b2.ms,
+                                      name="ttfs_release_table")
+        namespace = {**namespace, "release_table": release_table}
     for k, layer in enumerate(net.layers.values()):
         name = plan.names[layer.name]
         if layer.kind == "input":
@@ -161,7 +168,7 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
             monitors[(layer.name, "spikes")] = b2.SpikeMonitor(group, variables=variables, when="after_resets",
                                                                order=10 * k + 5, name=f"{name}_spikes")
         if multiplexed:
-            _round_reset(group, layer.kind, timing, name, structure.departures)
+            _round_reset(group, layer, timing, name, structure)
         if layer.name in record_v:
             if layer.kind not in ("neuron", "output"):
                 raise ValueError(f"record_v: layer {layer.name!r} has no membrane potential (kind {layer.kind})")
@@ -176,7 +183,7 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
                                                   clock, namespace, k, structure, departs)
     objects = [*groups.values(), *synapses.values(), *monitors.values()]
     built = BuiltNetwork(b2.Network(*objects, name="ttfs_network"), groups, synapses, monitors, table, layout, timing,
-                         structure, tables)
+                         structure, tables, release_table=release_table)
     if setup is not None:
         extra = tuple(setup(built))
         built.network.add(*extra)
@@ -223,22 +230,28 @@ def _hidden_group(net: TTFSNetwork, layer: Layer, replicas: int, spike_timing: s
     threshold = (eq.EXACT_THRESHOLD if net.variant == "exact" else eq.SPARSE_THRESHOLD)[spike_timing]
     events = {"report": eq.REPORT_EVENT} if net.variant == "exact" else {}
     explicit = structure.leak or structure.noise
-    model = eq.LEAKY_INTEGRATOR_MODEL if explicit else eq.INTEGRATOR_MODEL
-    reset = eq.INTEGRATOR_RESET[spike_timing]
+    model = (eq.SYNAPTIC_INTEGRATOR_MODEL if structure.synaptic else eq.LEAKY_INTEGRATOR_MODEL if explicit
+             else eq.INTEGRATOR_MODEL)
+    reset = eq.SYNAPTIC_RESET if structure.synaptic and spike_timing == "precise" else eq.INTEGRATOR_RESET[spike_timing]
+    if structure.release:
+        model += "\n" + eq.RELEASE_KEY
     if structure.departures:
         model += eq.DEPARTURE_MODEL
         reset += "\n" + eq.DEPARTURE
         events["depart"] = eq.DEPART_EVENT
     group = b2.NeuronGroup(replicas * layer.size, model, threshold=threshold, reset=reset, method="euler",
                            clock=clock, events=events, namespace=namespace, name=name)
-    if explicit:
+    if structure.synaptic:
+        group.run_regularly(eq.SYNAPTIC_STEP, when="groups", name=f"{name}_step")
+        group.beta_decays = 1.0 if net.variant == "exact" else 0.0  # exact's padding is synaptic, sparse's drive not
+    elif explicit:
         group.run_regularly(eq.LEAKY_STEP + (eq.NOISE_STEP if structure.noise else ""), when="groups",
                             name=f"{name}_step")
     if structure.departures:
         group.run_on_event("depart", eq.DEPART_RESET, when="after_resets", order=10 * k + 4)
         group.thresholder["depart"].when = "after_resets"
         group.thresholder["depart"].order = 10 * k + 3
-        group.latency = structure.latency * b2.ms
+        group.latency = structure.departure_latency * b2.ms
         group.q_unit = 1 * b2.ms
     group.alpha = np.tile(params.alpha, replicas)
     group.beta = np.tile(params.beta, replicas)
@@ -254,10 +267,15 @@ def _output_group(net: TTFSNetwork, layer: Layer, replicas: int, clock, namespac
     import brian2 as b2
 
     params = integrator(net, layer)
-    model = eq.LEAKY_OUTPUT_MODEL if structure.leak else eq.OUTPUT_MODEL
+    model = (eq.SYNAPTIC_OUTPUT_MODEL if structure.synaptic else eq.LEAKY_OUTPUT_MODEL if structure.leak
+             else eq.OUTPUT_MODEL)
+    if structure.release:
+        model += "\n" + eq.RELEASE_KEY
     group = b2.NeuronGroup(replicas * layer.size, model, method="euler", clock=clock,
                            events={"readout": eq.END_OF_ROUND}, namespace=namespace, name=name)
-    if structure.leak:
+    if structure.synaptic:
+        group.run_regularly(eq.SYNAPTIC_OUTPUT_STEP, when="groups", name=f"{name}_step")
+    elif structure.leak:
         group.run_regularly(eq.LEAKY_OUTPUT_STEP, when="groups", name=f"{name}_step")
     group.alpha = np.tile(params.alpha, replicas)
     for key in ("t_on", "t_off", "tau_c"):
@@ -275,7 +293,7 @@ def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, s
     proj = layer.projections[j]
     departure = "t_dep" if departs else "t_spike"
     event = {"on_event": "depart"} if departs else {}
-    delay = proj.delay - (structure.latency if departs else 0.0)
+    delay = proj.delay - (structure.departure_latency if departs else 0.0)
     name = f"{plan.names[layer.name]}__from__{plan.names[proj.source]}"
     repeats = sum(p.source == proj.source for p in layer.projections[:j])
     name += f"_{repeats}" if repeats else ""  # a second projection from the same source
@@ -283,11 +301,16 @@ def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, s
         syn = b2.Synapses(source, target, model=eq.POOL_SYNAPSE_MODEL, on_pre=eq.on_pre_pool(departure), clock=clock,
                           namespace=namespace, delay=delay * b2.ms, name=name, **event)
     else:
-        on_pre = eq.on_pre_integrator(spike_timing, departure, leaky=structure.leak or structure.noise)
-        if layer.kind == "output":
-            on_pre = eq.on_pre_integrator(spike_timing, departure, leaky=structure.leak)
-        syn = b2.Synapses(source, target, model=eq.SYNAPSE_MODEL, on_pre=on_pre, clock=clock, namespace=namespace,
-                          delay=delay * b2.ms, name=name, **event)
+        leaky = structure.leak if layer.kind == "output" else structure.leak or structure.noise
+        on_pre = eq.on_pre_integrator(spike_timing, departure, leaky=leaky, synaptic=structure.synaptic,
+                                      release=structure.release)
+        model = eq.SYNAPSE_MODEL + (eq.RELEASE_SYNAPSE if structure.release else "")
+        if structure.synapse_delays:
+            model = model.replace(*eq.PER_SYNAPSE_LAG)
+        # a scalar delay makes Brian2's delays homogeneous for good: per-synapse ones are set after connecting
+        scalar = {} if structure.synapse_delays else {"delay": delay * b2.ms}
+        syn = b2.Synapses(source, target, model=model, on_pre=on_pre, clock=clock, namespace=namespace, name=name,
+                          **scalar, **event)
     # After the resets, so that the presynaptic t_spike is already set (SPEC section 6).
     syn.pre.when = "after_resets"
     syn.pre.order = 10 * k
@@ -297,10 +320,12 @@ def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, s
         syn.w = weight
     del pre, post, weight  # Brian2 keeps its own copy
     syn.lag = delay * b2.ms
+    if layer.kind != "maxpool" and structure.synapse_delays:
+        syn.delay = delay * b2.ms
     return syn
 
 
-def _round_reset(group, kind: str, timing: RoundTiming, name: str, departures: bool) -> None:
+def _round_reset(group, layer: Layer, timing: RoundTiming, name: str, structure: Structure) -> None:
     """Reset the per-sample state at the first step of every round.
 
     Brian2 runs two clocks in the same step only while their times agree to 1e-14 s (absolute); beyond
@@ -312,7 +337,11 @@ def _round_reset(group, kind: str, timing: RoundTiming, name: str, departures: b
     """
     import brian2 as b2
 
+    kind = layer.kind
     role = {"neuron": "hidden", "maxpool": "pool"}.get(kind, kind)
-    code = eq.ROUND_RESET[role] + ("\n" + eq.ROUND_RESET["departures"] if departures and kind == "neuron" else "")
+    code = eq.ROUND_RESET[role] + ("\n" + eq.ROUND_RESET["departures"] if structure.departures and kind == "neuron"
+                                   else "")
+    if structure.release and kind in ("neuron", "output"):
+        code += f"\nrelease_key = release_table(t, i // {layer.size})"
     group.run_regularly(code, dt=timing.period_ms * (1 - ROUND_CLOCK_SHORTENING) * b2.ms, when="start", order=-100,
                         name=f"{name}_round")

@@ -60,7 +60,8 @@ class RuntimeAdapter:
         network.store("initial")
         return 0.0
 
-    def run(self, built, t_in_ms: np.ndarray, period_ms: float, assignments=(), tables=None) -> None:
+    def run(self, built, t_in_ms: np.ndarray, period_ms: float, assignments=(), tables=None,
+            release_keys=None) -> None:
         """One round: the stored initial state, then this chunk's inputs, per-trial values and draws."""
         import brian2 as b2
 
@@ -72,6 +73,10 @@ class RuntimeAdapter:
             for layer, (eps, lost) in (tables or {}).items():
                 built.groups[layer].eps = eps.reshape(-1)
                 built.groups[layer].lost = np.asarray(lost).reshape(-1) > 0.5
+            if release_keys is not None:  # one round: the replicas are the samples
+                for group in built.groups.values():
+                    if "release_key" in group.variables:
+                        group.release_key = np.repeat(release_keys, group.N // len(release_keys))
             built.network.run(period_ms * b2.ms, namespace={})
 
 
@@ -161,21 +166,32 @@ class StandaloneAdapter:
         if cache is not None:
             cache.store()
 
-    def run(self, built, t_in_ms: np.ndarray, period_ms: float, assignments=(), tables=None) -> None:
+    def run(self, built, t_in_ms: np.ndarray, period_ms: float, assignments=(), tables=None,
+            release_keys=None) -> None:
         """One run of the binary: inputs, per-trial values and per-round tables through ``run_args``."""
         import brian2 as b2
 
         rounds = built.layout.rounds
         run_args = {built.table: t_in_ms.reshape(rounds, -1) * b2.ms}
-        run_args.update({getattr(obj, name): value for obj, name, value in assignments})
+        run_args.update({_run_arg(obj, name): value for obj, name, value in assignments})
         for layer, (eps, lost) in (tables or {}).items():
             eps_table, lost_table = built.tables[layer]
             run_args[eps_table] = eps.reshape(rounds, -1)
             run_args[lost_table] = np.asarray(lost).reshape(rounds, -1)
+        if release_keys is not None:  # sample k R + r of a run is round k of replica r
+            run_args[built.release_table] = np.asarray(release_keys, dtype=np.float64).reshape(rounds, -1)
         self._device.run(directory=str(self.build_dir), with_output=False, run_args=run_args)
         for name in list(self._device.run_args_arrays):  # the input table file is never needed again
             with contextlib.suppress(OSError):
                 os.remove(self.build_dir / "static_arrays" / name)
+
+
+def _run_arg(obj, name: str):
+    """The ``run_args`` key of ``obj.name``. A synapse's ``delay`` is its pathway's variable, which the binary knows
+    under the synapses' name (``syn.delay`` would name the pathway, which the binary refuses)."""
+    if name == "delay" and hasattr(obj, "pre"):
+        return obj.pre.variables["delay"].get_addressable_value_with_unit("delay", obj)
+    return getattr(obj, name)
 
 
 class CudaAdapter(StandaloneAdapter):

@@ -126,6 +126,45 @@ LEAKY_STEP = "v = v * exp(-dt * inv_tau_m) + dt * exprel(-dt * inv_tau_m) * driv
 NOISE_STEP = " + sigma_v * sqrt(2 * dt / tau_c) * randn()"
 """Membrane noise, ``dV = (...) dt + sigma_v sqrt(2 / tau_c) dW`` (Euler-Maruyama: ``dW = sqrt(dt) N(0, 1)``)."""
 
+_RATE_LINE = ("rate = (alpha + I) * int(tr + dt - tol * dt > t_on) * int(tr + dt - tol * dt < t_off) + beta * "
+              "int(tr + dt - tol * dt > t_late) : 1")
+SYNAPTIC_INTEGRATOR_MODEL = ("""v : 1
+u_late = clip(tr + dt, t_late, t_never) - clip(tr, t_late, t_never) : second
+t_cross = tr + dt - tau_c * (v - theta) / clip(rate, 1e-12, 1e300) : second
+gate_end = int(tr + dt - tol * dt > t_on) * int(tr + dt - tol * dt < t_off) : 1
+late_end = int(tr + dt - tol * dt > t_late) : 1
+drive_end = alpha * gate_end + beta * late_end * (1 - beta_decays) : 1
+current_end = I * gate_end + beta * late_end * beta_decays * exp(-(tr + dt - t_late) * inv_tau_s) : 1
+inv_tau_s : 1 / second (constant, shared)
+beta_decays : 1 (constant, shared)""" + _INTEGRATOR_COMMON.replace(_RATE_LINE, "rate = drive_end + current_end : 1"))
+"""The neuron with exponential synaptic currents (perturbation ``synaptic_tau``): every input adds ``w`` to ``I``,
+which decays as ``dI/dt = -I / tau_s`` while the input gate is open (``inv_tau_s = 1 / tau_s``, 0: today's steps),
+and ``exact``'s zero-padded inputs are a current ``beta e^{-(t - t_min) / tau_s}`` from ``t_min`` (``beta_decays``
+1; ``sparse``'s ``beta`` is its constant drive after ``t_min``, ``beta_decays`` 0). Advanced by
+:data:`SYNAPTIC_STEP`, exact per step; ``rate`` is the slope at the step's end, ``t_cross`` the linear guess that
+:data:`SYNAPTIC_RESET` refines along the curve."""
+
+SYNAPTIC_STEP = (
+    "v = v + (alpha * f_in * dt + I * f_in * dt * exprel(-f_in * dt * inv_tau_s) + beta * u_late * exprel(-u_late * "
+    "inv_tau_s * beta_decays) * exp(-(clip(tr, t_late, t_never) - t_late) * inv_tau_s * beta_decays)) / tau_c\n"
+    "I = I * exp(-f_in * dt * inv_tau_s)")
+"""``v(t + dt)`` and ``I(t + dt)`` from the step's open gate ``s = f_in dt``: ``v += (alpha s + I tau_s (1 -
+e^{-s / tau_s}) + padding) / tau_c``, ``I *= e^{-s / tau_s}`` (written with ``exprel``, so ``inv_tau_s = 0`` is the
+step current); exact when the window edges lie on the grid."""
+
+NEWTON_STEPS_BRIAN = 6
+SYNAPTIC_RESET = ("d_v = tau_c * (v - theta)\n"
+                  "u_c = clip(tr + dt - t_cross, 0 * ms, 2 * dt)\n"
+                  + "".join("u_c = clip(u_c - (drive_end * u_c + current_end * u_c * exprel(u_c * inv_tau_s) - d_v) / "
+                            "clip(drive_end + current_end * exp(u_c * inv_tau_s), 1e-12, 1e300), 0 * ms, 2 * dt)\n"
+                            for _ in range(NEWTON_STEPS_BRIAN))
+                  + "t_raw = (tr + dt - u_c) * int(v >= theta) + t_never * int(v < theta)\n"
+                  "t_spike = clip(t_raw, clip(tr - dt, t_fire, t_never), t_max)\n"
+                  "spiked = True")
+"""Precise timing of the synaptic neuron: back from ``v(t + dt)`` along the curve of the step's end, ``a u + c u
+exprel(u / tau_s) = tau_c (v - theta)`` (``a = drive_end`` the constant drive, ``c = current_end`` the decaying
+current there), by Newton from the linear guess; a forced spike (``v < theta`` at ``t_max``) is at ``t_max``."""
+
 OUTPUT_MODEL = f"""
 dv/dt = (alpha + I) * f_in / tau_c : 1
 f_in = {_gate('t_on', 't_off')} : 1
@@ -138,6 +177,12 @@ t_end : second (constant, shared)
 """ + ROUND_TIME
 """The output layer: no threshold; ``v`` stops at ``t_off = t_min(out)`` and is the logit
 (plus ``bias`` in ``sparse``, added when reading out)."""
+
+SYNAPTIC_OUTPUT_MODEL = OUTPUT_MODEL.replace("dv/dt = (alpha + I) * f_in / tau_c : 1",
+                                             "v : 1\ninv_tau_s : 1 / second (constant, shared)")
+SYNAPTIC_OUTPUT_STEP = ("v = v + (alpha * f_in * dt + I * f_in * dt * exprel(-f_in * dt * inv_tau_s)) / tau_c\n"
+                        "I = I * exp(-f_in * dt * inv_tau_s)")
+"""The output layer with exponential synaptic currents (frozen, like ``v``, once its gate closes at ``t_min``)."""
 
 LEAKY_OUTPUT_MODEL = OUTPUT_MODEL.replace(
     "dv/dt = (alpha + I) * f_in / tau_c : 1",
@@ -227,16 +272,34 @@ POOL_RESET = {
 # ----------------------------------------------------------------------------- synapses
 SYNAPSE_MODEL = "w : 1 (constant)\nlag : second (constant, shared)"
 POOL_SYNAPSE_MODEL = "lag : second (constant, shared)"
+PER_SYNAPSE_LAG = ("lag : second (constant, shared)", "lag : second (constant)")
+"""With ``delay_mismatch`` every synapse has a delay, and so a lag, of its own."""
+RELEASE_SYNAPSE = "\nrelease_u : 1 (constant)\nrelease_q : 1 (constant, shared)"
+RELEASE_KEY = "release_key : 1"
+"""The sample's key of ``release_failure``, in every group a synapse targets; set at each round start."""
 
-def on_pre_integrator(timing: str, departure: str = "t_spike", leaky: bool = False) -> str:
+def on_pre_integrator(timing: str, departure: str = "t_spike", leaky: bool = False, synaptic: bool = False,
+                      release: bool = False) -> str:
     """I_post += w: the slope from the next step on; v_post += ...: (precise) the part of the current step
     after the arrival ``departure_pre + lag``, inside the target's input gate [t_on, t_off] (with a leak,
-    that span is weighted by ``exprel`` as in :data:`LEAKY_STEP`)."""
+    that span is weighted by ``exprel`` as in :data:`LEAKY_STEP`; an exponential current has decayed over it,
+    and added ``w tau_s (1 - e^{-span / tau_s})``). With ``release``, a transmission that fails
+    (:data:`RELEASE_FAILS`) adds nothing."""
+    weight = "w * released" if release else "w"
+    prefix = RELEASE_FAILS if release else ""
     if timing == "grid":
-        return "I_post += w"
+        return f"{prefix}I_post += {weight}"
     span = f"(clip(tr_post + dt, t_on_post, t_off_post) - clip({departure}_pre + lag, t_on_post, t_off_post))"
+    if synaptic:
+        return (f"{prefix}span = {span}\nI_post += {weight} * exp(-span * inv_tau_s_post)\n"
+                f"v_post += {weight} * span * exprel(-span * inv_tau_s_post) / tau_c_post")
     gain = f" * exprel(-{span} * inv_tau_m_post)" if leaky else ""
-    return f"I_post += w\nv_post += w * {span}{gain} / tau_c_post"
+    return f"{prefix}I_post += {weight}\nv_post += {weight} * {span}{gain} / tau_c_post"
+
+
+RELEASE_FAILS = "released = int(release_u + release_key_post - floor(release_u + release_key_post) >= release_q)\n"
+"""Perturbation ``release_failure``: a transmission fails when ``frac(u + r) < q``, ``u`` the synapse's unit (per
+trial), ``r`` the sample's key (per round, in the target group), ``q`` the level (:mod:`ttfs_brian.perturb`)."""
 
 
 def on_pre_pool(departure: str = "t_spike") -> str:

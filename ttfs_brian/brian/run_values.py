@@ -17,7 +17,8 @@ from .. import connectivity as cn
 from ..coding import input_spike_times
 from ..network import TTFSNetwork
 from ..neuron import NEVER_MS, integrator
-from ..perturb import Perturbation, departure, find, perturb_network
+from ..perturb import (Perturbation, delay_offsets, departure, find, perturb_network, release_key,
+                       release_unit)
 from .builder import BuiltNetwork, Plan
 
 
@@ -33,6 +34,7 @@ class RunValues:
     eps: dict[str, np.ndarray] = field(default_factory=dict)
     lost: dict[str, np.ndarray] = field(default_factory=dict)
     network: TTFSNetwork | None = None  # with the run's per-trial perturbations (the readout's parameters)
+    release_keys: np.ndarray | None = None  # release_failure: one key per sample
 
     def padded(self, total: int) -> "RunValues":
         """The per-sample arrays padded with silent samples to ``total``."""
@@ -42,7 +44,7 @@ class RunValues:
             return out
         return RunValues(pad(self.t_in, NEVER_MS), self.input_clipped, self.input_lost, self.variables, self.shared,
                          {k: pad(v, 0.0) for k, v in self.eps.items()}, {k: pad(v, False) for k, v in self.lost.items()},
-                         self.network)
+                         self.network, None if self.release_keys is None else pad(self.release_keys, 0.0))
 
 
 def run_values(net: TTFSNetwork, plan: Plan, perturbations: Sequence[Perturbation], data: np.ndarray,
@@ -68,6 +70,10 @@ def run_values(net: TTFSNetwork, plan: Plan, perturbations: Sequence[Perturbatio
             leak = find(perturbations, "leak")
             if leak is not None:
                 values.shared[(layer.name, "inv_tau_m")] = 0.0 if math.isinf(leak.level) else 1.0 / leak.level
+            synaptic = find(perturbations, "synaptic_tau")
+            if synaptic is not None:
+                values.shared[(layer.name, "inv_tau_s")] = 0.0 if math.isinf(synaptic.level) else 1.0 / synaptic.level
+            _synapse_values(values, perturbed, layer, perturbations)
         if layer.kind == "neuron":
             noise = find(perturbations, "membrane_noise")
             if noise is not None:
@@ -80,10 +86,36 @@ def run_values(net: TTFSNetwork, plan: Plan, perturbations: Sequence[Perturbatio
                 values.eps[layer.name] = rule.eps.reshape(len(data), -1)
             if rule is not None and rule.dropped is not None:
                 values.lost[layer.name] = rule.dropped.reshape(len(data), -1)
+    release = find(perturbations, "release_failure")
+    if release is not None:
+        values.release_keys = release_key(release, indices)
     return values
 
 
-SHARED_UNITS = {"inv_tau_m": "1/ms", "sigma_v": "1", "q_on": "bool", "q_origin": "ms", "q_unit": "ms"}
+def _synapse_values(values: RunValues, net: TTFSNetwork, layer, perturbations: Sequence[Perturbation]) -> None:
+    """Per-synapse values of ``delay_mismatch`` (each synapse's delay and lag) and ``release_failure`` (each synapse's
+    unit, the level), named by the synapses' two neurons as in the analytic engine (:mod:`ttfs_brian.perturb`)."""
+    delays, release = find(perturbations, "delay_mismatch"), find(perturbations, "release_failure")
+    if delays is None and release is None:
+        return
+    jitter = find(perturbations, "spike_jitter")
+    departs = 0.0 if jitter is None else float(jitter.options.get("latency_ms", 0.0))
+    for k, proj in enumerate(layer.projections):
+        conn = cn.for_projection(net, layer, proj)
+        key = f"{layer.name}#{k}"
+        if delays is not None:
+            # hidden sources' departures already add spike_jitter's latency (builder: the synapse's delay is less)
+            lag = proj.delay - (departs if net.layers[proj.source].kind == "neuron" else 0.0) + delay_offsets(
+                delays, net, layer, k, conn.pre, conn.post)
+            values.variables[(key, "delay")] = values.variables[(key, "lag")] = lag
+        if release is not None:
+            values.variables[(key, "release_u")] = release_unit(release, layer, k, conn.pre, conn.post)
+            values.shared[(key, "release_q")] = release.level
+
+
+SHARED_UNITS = {"inv_tau_m": "1/ms", "sigma_v": "1", "q_on": "bool", "q_origin": "ms", "q_unit": "ms",
+                "inv_tau_s": "1/ms", "release_q": "1"}
+VARIABLE_UNITS = {"delay": "ms", "lag": "ms"}
 
 
 def assignments(built: BuiltNetwork, values: RunValues) -> list[tuple[Any, str, Any]]:
@@ -100,12 +132,20 @@ def assignments(built: BuiltNetwork, values: RunValues) -> list[tuple[Any, str, 
                 continue
         else:
             obj = built.groups[key]
-        out.append((obj, name, np.tile(array, replicas)))
-    for (layer, name), value in values.shared.items():
+        array = np.tile(array, replicas)
+        out.append((obj, name, array * b2.ms if VARIABLE_UNITS.get(name) == "ms" else array))
+    for (key, name), value in values.shared.items():
         unit = SHARED_UNITS[name]
         quantity = bool(value) if unit == "bool" else value / b2.ms if unit == "1/ms" else (
             value * b2.ms if unit == "ms" else value)
-        out.append((built.groups[layer], name, quantity))
+        if "#" in key:
+            layer, k = key.split("#")
+            obj = built.synapses.get((layer, int(k)))
+            if obj is None:
+                continue
+        else:
+            obj = built.groups[key]
+        out.append((obj, name, quantity))
     return out
 
 

@@ -252,7 +252,7 @@ class Simulator:
             self._build(self._layout(n))
         built = self.built
         timed_net = perturb.with_latency(self.net, self.structure.latency) if self.structure.latency else self.net
-        values = run_values.run_values(timed_net, self.plan, perturbations, data, indices)
+        values = run_values.run_values(self.net, self.plan, perturbations, data, indices)  # latency applied once
         per_run = built.layout.samples_per_run
         chunks = built.layout.runs(n)
         padded = values.padded(chunks * per_run)
@@ -268,7 +268,8 @@ class Simulator:
         for chunk in range(chunks):
             part = slice(chunk * per_run, (chunk + 1) * per_run)
             self.adapter.run(built, padded.t_in[part], self.period_ms(), assignments,
-                             run_values.tables(built, padded, part))
+                             run_values.tables(built, padded, part),
+                             None if padded.release_keys is None else padded.release_keys[part])
             self._runs += 1
             collector.read(built, chunk * per_run, first=chunk == 0)
             progress.set_description(f"Brian2 {self.device}")
@@ -276,7 +277,7 @@ class Simulator:
         progress.close()
         run_s = time.perf_counter() - started
         result = collector.result(n, values.input_clipped, self.timing, self.dt, self.period_ms(), values.input_lost,
-                                  leak=self.structure.leak and any(p.kind == "leak" for p in perturbations),
+                                  leak=any(p.kind in ("leak", "synaptic_tau") for p in perturbations),
                                   perturbed=values.network)
         result.meta.update(
             device=self.device, timing=self.timing, dt=self.dt, build_s=self._build_s, compile_s=self._compile_s,
