@@ -41,7 +41,12 @@ KIND_LEVELS = st.one_of(
     st.tuples(st.just("time_bits"), st.integers(1, 10).map(float)),
     st.tuples(st.just("drop"), st.floats(0.0, 0.9)),
     st.tuples(st.just("leak"), st.floats(0.2, 50.0)),
+    st.tuples(st.just("synaptic_tau"), st.floats(0.1, 50.0)),
+    st.tuples(st.just("conductance"), st.floats(0.0, 0.95)),
+    st.tuples(st.just("delay_mismatch"), st.floats(0.0, 0.5)),
+    st.tuples(st.just("release_failure"), st.floats(0.0, 0.9)),
 )
+ANALYTIC_ONLY = ("conductance",)
 
 
 def perturbed_case(model_shape, seed: int, calibration: int, variant: str):
@@ -98,11 +103,13 @@ def test_no_spike_outside_its_window_and_the_engines_agree(model_shape, seed, ca
                                                            draw_seed, latency):
     kind, level = kind_level
     net, x = perturbed_case(model_shape, seed, calibration, variant)
-    options = {"latency_ms": latency} if kind == "spike_jitter" else {}
+    options = {"latency_ms": latency} if kind in ("spike_jitter", "delay_mismatch") else {}
     p = Perturbation(kind, level, seed=draw_seed, **options)
     a = simulate_analytic(net, x, perturbation=p)
     assert_causal(net, p, a)
     assert np.isfinite(a.logits).all()
+    if kind in ANALYTIC_ONLY:
+        return
     b = Simulator(net, dt=DT, codegen_target="numpy").run(x, perturbation=p)
     assert_causal(net, p, b)
     # where Brian2's step-end test can see the crossing, spike for spike, flagged or not

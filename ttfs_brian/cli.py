@@ -139,7 +139,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     with _log_levels({"ttfs_brian.study": logging.INFO, **({} if args.verbose else {"distributed": logging.WARNING})}):
         rows = run_study(study, args.output / "rows.csv", scheduler=args.scheduler, workers=args.workers)
     if not args.no_report:
-        print(f"wrote {write_report(rows, args.output, commands=[shlex.join(['ttfs-brian', *args.argv])])}")
+        command = shlex.join(["ttfs-brian", *args.argv])
+        print(f"wrote {write_report(rows, args.output, commands=[command], searched=study.breaking_points)}")
     print(f"{len(rows)} cells in {args.output / 'rows.csv'}")
     return 0
 

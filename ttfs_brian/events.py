@@ -421,8 +421,8 @@ def inputs_in_crossing_step(net: TTFSNetwork, result, perturbations: Sequence[Pe
         params = integrator(perturbed, layer)
         crossing = _t(result.spike_times[layer.name])
         step_end = torch.ceil(crossing / dt - 1e-9) * dt
-        latest = torch.full_like(crossing, -torch.inf)
-        for proj in layer.projections:
+        latest = torch.full_like(crossing, -torch.inf if not run.by_synapse else torch.inf)  # per synapse: every one
+        for proj in layer.projections if not run.by_synapse else ():
             arrived = run._clamped(proj, params)
             latest = torch.maximum(latest, _latest(proj, torch.where(torch.isfinite(arrived), arrived, -torch.inf),
                                                    layer.shape))
@@ -436,10 +436,12 @@ def inputs_in_crossing_step(net: TTFSNetwork, result, perturbations: Sequence[Pe
         step = max(1, CHECK_CHUNK // max(1, fan))
         for lo in range(0, len(index[0]), step):
             part = tuple(i[lo:lo + step] for i in index)
-            arrivals, weights = run._fan_in(layer, params, part)
+            arrivals, weights = run._synapses(layer, params, part)[:2] if run.by_synapse else run._fan_in(layer, params,
+                                                                                                          part)
             arrivals = arrivals + params.t_on
             t_c, end = crossing[part][:, None], step_end[part][:, None]
-            late[lo:lo + step] = ((arrivals > t_c + EPS_MS) & (arrivals <= end) & (weights != 0)).any(dim=1)
+            # an arrival at the step's very end is delivered in that step (its slope enters the back-extrapolation)
+            late[lo:lo + step] = ((arrivals > t_c + EPS_MS) & (arrivals <= end + EPS_MS) & (weights != 0)).any(dim=1)
         np.add.at(counts, index[0][late].numpy(), 1)
     return counts
 

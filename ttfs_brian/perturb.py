@@ -346,7 +346,9 @@ def release_failures(perturbation: Perturbation, layer: Layer, k: int, pre: np.n
     fails. One uniform number per synapse ``u`` (per trial) and one per sample and projection ``r`` decide it:
     it fails when ``frac(u + r) < level``. For a given sample the ``frac(u + r)`` of all synapses are independent
     and uniform, so each fails on its own with probability ``level``; and a simulator needs only ``u`` per synapse and
-    ``r`` per sample, not a table of synapses x samples."""
+    ``r`` per sample, not a table of synapses x samples. The price: within one trial the samples' failure sets are
+    rotations of one another (two synapses with close ``u`` tend to fail in the same samples), like a fixed pattern
+    of the trial; across trials ``u`` is drawn anew."""
     u = release_unit(perturbation, layer, k, pre, post)
     return np.mod(u + release_key(perturbation, samples), 1.0) < perturbation.level
 

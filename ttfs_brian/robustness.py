@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -113,14 +114,17 @@ def _pm(mean: float, half: float) -> str:
     return f"{mean:+.3f} ± {half:.3f}"
 
 
-def breaking_points(summary: pd.DataFrame) -> pd.DataFrame:
+def breaking_points(summary: pd.DataFrame, searched: Sequence[str] | None = None) -> pd.DataFrame:
     """The search's brackets (:mod:`ttfs_brian.search`) with the accuracy, loss and interval at each end, in the
-    kind's unit and relative to the windows (time kinds)."""
+    kind's unit and relative to the windows (time kinds); ``searched``: the engines the search ran for (default:
+    every engine of the rows)."""
     from .search import brackets
 
     by_level = summary.set_index(["model", "dataset", "variant", "engine", "kind", "level"])
     rows = []
     for (model, dataset, variant, engine, kind), b in brackets(summary):
+        if searched is not None and engine not in searched:
+            continue
         entry = {"model": model, "variant": variant, "engine": engine, "kind": kind, "target": b.target,
                  "status": b.status, "below": b.below, "above": b.above}
         for side in ("below", "above"):
@@ -326,14 +330,15 @@ def _markdown(table: pd.DataFrame, floatfmt: str = ".3g") -> str:
     return table.map(cell).to_markdown(index=False, disable_numparse=True)
 
 
-def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str]) -> Path:
+def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str],
+                  searched: Sequence[str] | None = None) -> Path:
     """``summary.csv``, ``losing_levels.csv``, ``breaking_points.csv``, the figures and ``README.md`` of a study in
-    ``out_dir``; ``commands`` reproduce it."""
+    ``out_dir``; ``commands`` reproduce it; ``searched``: the engines whose breaking points were searched."""
     summary = aggregate(rows)
     summary.to_csv(out_dir / "summary.csv", index=False)
     losing = losing_levels(summary)
     losing.to_csv(out_dir / "losing_levels.csv", index=False)
-    points = breaking_points(summary)
+    points = breaking_points(summary, searched)
     points.to_csv(out_dir / "breaking_points.csv", index=False)
     paths = figures(summary, out_dir)
     lines = ["# Robustness", "",

@@ -562,9 +562,11 @@ class _Cluster:
             self.cluster.close()
 
 
-def write_report(rows: pd.DataFrame, out_dir: str | Path, commands: Sequence[str] = ()) -> Path:
+def write_report(rows: pd.DataFrame, out_dir: str | Path, commands: Sequence[str] = (),
+                 searched: Sequence[str] | None = None) -> Path:
     """Summary, figures and README of a study's rows (see :mod:`ttfs_brian.robustness`); ``commands``: those that
-    reproduced it, listed in the README."""
+    reproduced it, listed in the README; ``searched``: the engines whose breaking points were searched (default:
+    every engine)."""
     from .robustness import write_summary
 
-    return write_summary(rows, Path(out_dir), commands=list(commands))
+    return write_summary(rows, Path(out_dir), commands=list(commands), searched=searched)

@@ -60,6 +60,9 @@ class RuntimeAdapter:
         network.store("initial")
         return 0.0
 
+    def discard(self) -> None:
+        """Nothing to forget: a runtime network is built anew in the same device."""
+
     def run(self, built, t_in_ms: np.ndarray, period_ms: float, assignments=(), tables=None,
             release_keys=None) -> None:
         """One round: the stored initial state, then this chunk's inputs, per-trial values and draws."""
@@ -128,6 +131,10 @@ class StandaloneAdapter:
         import brian2 as b2
 
         return b2.Clock(dt=dt_ms * b2.ms, name="ttfs_clock")
+
+    def discard(self) -> None:
+        """Forget the built network: a device builds one network, so a rebuild needs a fresh device."""
+        self._device = None
 
     def build(self, network, run_ms: float) -> float:
         """Record the run, then generate and compile the project; returns the compile time (s)."""

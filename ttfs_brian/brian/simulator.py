@@ -246,6 +246,7 @@ class Simulator:
             log.warning("this simulator was built for %s; rebuilding for %s (pass perturbations= when creating the "
                         "Simulator to compile once)", self.built.structure, needed)
             self.built = None
+            self.adapter.discard()
         if self.built is None:
             self.structure = self.structure.union(needed)
             self.round_timing = self._round_timing()
