@@ -48,7 +48,8 @@ def main() -> None:
     logging.info("wrote %s", write_report(rows, args.out, commands=[
         "python experiments/robustness.py   # this folder: LeNet-5, VGG-small, ResNet-8 (resumes from rows.csv)",
         "ttfs-brian sweep --find-breaking-point   # SPEC's grid and the breaking points on LeNet-5 (local cluster)",
-        "ttfs-brian sweep --scheduler tcp://HOST:PORT   # on an existing Dask cluster"]))
+        "ttfs-brian sweep --scheduler tcp://HOST:PORT   # on an existing Dask cluster"],
+        searched=[] if args.no_search else ["analytic"]))
 
 
 if __name__ == "__main__":

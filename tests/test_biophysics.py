@@ -199,3 +199,31 @@ def test_conductance_has_no_brian2_twin_and_says_why():
 def test_bad_biophysical_levels_are_clear_errors(bad, match):
     with pytest.raises(InputError, match=match):
         Perturbation(**bad)
+
+
+def test_compensation_gives_back_the_mean_shortfall():
+    """A leak and decaying currents change every potential: thresholds moved by each neuron's mean shortfall at its
+    nominal crossing (over calibration data) bring the first layer's spikes back towards their nominal times; not
+    exactly (the shortfall depends on the spread of the inputs, not only on the neuron's value:
+    ttfs_brian.compensation)."""
+    from ttfs_brian.compensation import compensate
+    from test_perturb import conv_net
+
+    rng = np.random.default_rng(9)
+    x = rng.random((60, 1, 6, 6)).astype(np.float32)
+    for variant in ("exact", "sparse"):
+        net = ttfs_brian.convert(conv_net(), x[:40], variant=variant, dt=0.05)
+        plain = simulate_analytic(net, x[40:])
+        for p in (Perturbation("leak", 5.0), Perturbation("synaptic_tau", 3.0)):
+            fixed = compensate(net, x[:40], p)
+            assert fixed.meta["compensated"] == p.describe() and net.meta.get("compensated") is None
+            hidden = [name for name, layer in net.layers.items() if layer.kind == "neuron"]
+            assert any(not np.allclose(fixed.layers[h].arrays["threshold"], net.layers[h].arrays["threshold"])
+                       for h in hidden)
+            before = simulate_analytic(net, x[40:], perturbation=p)
+            after = simulate_analytic(fixed, x[40:], perturbation=p)
+            error = {name: np.nanmean(np.abs(r.spike_times[hidden[0]] - plain.spike_times[hidden[0]]))
+                     for name, r in (("before", before), ("after", after))}
+            assert error["after"] < 0.9 * error["before"], (variant, p, error)
+    with pytest.raises(InputError, match="compensation exists for"):
+        compensate(net, x[:40], Perturbation("drop", 0.1))

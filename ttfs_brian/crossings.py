@@ -105,48 +105,73 @@ def _log1p_ratio(y):
 def linear_first_crossing(arrivals, weights, decays, alpha, beta, late, stop, theta, fire_from: float, end: float,
                           tau_c: float, inv_tau_m: float, late_decays=None) -> torch.Tensor:
     """First ``t`` in ``[fire_from, end]`` with ``v(t) >= theta`` for ``dv/dt = rate(t) / tau_c - v (inv_tau_m + G(t))``
-    (:func:`segments`), ``v(0) = 0``; inf if none. Between events ``v`` relaxes exponentially (:func:`_relaxed`); a
-    crossing inside a segment starting at ``a`` with ``v_a`` is at ``a + tau ln((v_inf - v_a) / (v_inf - theta))``,
-    written with ``log1p`` so that no decay is the line. Loops over event slots, vectorised over neurons."""
+    (:func:`segments`), ``v(0) = 0``; inf if none. Between events ``v`` relaxes exponentially (:func:`_relaxed`),
+    so ``v`` at every event is a linear recurrence, summed at once (:func:`_breakpoints`); a crossing inside a segment
+    starting at ``a`` with ``v_a`` is at ``a + tau ln((v_inf - v_a) / (v_inf - theta))``, written with ``log1p`` so
+    that no decay is the line."""
+    out = torch.empty(arrivals.shape[0], dtype=torch.float64)
+    step = max(1, CHUNK // max(1, arrivals.shape[1] + 3))
+    for lo in range(0, arrivals.shape[0], step):
+        sl = slice(lo, lo + step)
+        starts, rates, invs = segments(arrivals[sl], weights[sl], decays[sl], alpha[sl], beta[sl], late[sl], stop[sl],
+                                       None if late_decays is None else late_decays[sl])
+        out[sl] = _linear_chunk(starts, rates / tau_c, invs + inv_tau_m, theta[sl], fire_from, end)
+    return out
+
+
+def _breakpoints(starts, rates, invs, end: float):
+    """Segment starts and ends clamped to ``[0, end]``, and ``v`` at every start: ``v_{k+1} = v_k e^{-inv_k D_k} +
+    rate_k D_k exprel(-inv_k D_k)`` summed as ``v_k = sum_{m<k} F_m e^{-(L_k - L_{m+1})}`` with ``L`` the cumulative
+    decay, in log space for the positive and negative parts (no exponential overflows, however strong the decay)."""
+    k = starts.shape[0]
+    end = torch.as_tensor(end, dtype=torch.float64).reshape(-1, 1).expand(k, 1)  # one end, or one per row
+    a = torch.minimum(starts, end)
+    b = torch.minimum(torch.cat([starts[:, 1:], end], dim=1), end)
+    span = (b - a).clamp(min=0.0)
+    step = _relaxed(torch.zeros_like(span), rates, span, invs)  # F_m: what segment m adds from v = 0
+    decay = torch.cumsum(invs * span, dim=1)  # L_{m+1}
+    zero = torch.zeros(k, 1, dtype=torch.float64)
+    before = torch.cat([zero, decay[:, :-1]], dim=1)  # L_k
+    v = torch.zeros_like(span)
+    for part, sign in ((step.clamp(min=0.0), 1.0), ((-step).clamp(min=0.0), -1.0)):
+        log_part = torch.where(part > 0, torch.log(part.clamp(min=1e-300)), -torch.inf)
+        total = torch.logcumsumexp(log_part + decay, dim=1)  # inclusive: m <= k
+        exclusive = torch.cat([torch.full((k, 1), -torch.inf, dtype=torch.float64), total[:, :-1]], dim=1)
+        v = v + sign * torch.exp(exclusive - before)
+    return a, b, v
+
+
+def _linear_chunk(starts, rates, invs, theta, fire_from: float, end: float):
+    a, b, v = _breakpoints(starts, rates, invs, end)
+    lo = torch.maximum(a, torch.as_tensor(fire_from, dtype=torch.float64))
+    open_ = lo <= b
+    v_lo = _relaxed(v, rates, (lo - a).clamp(min=0.0), invs)
+    th = theta[:, None]
+    pull = rates - th * invs  # the slope v would have at theta: positive when v can still reach it
+    rising = open_ & (pull > 0) & (v_lo < th)
+    gap = torch.where(rising, (th - v_lo) / torch.where(rising, pull, 1.0), 0.0)
+    when = lo + gap * _log1p_ratio(torch.where(rising, gap * invs, 0.0))
+    at = torch.where(open_ & (v_lo >= th), lo, torch.where(rising & (when <= b), when, torch.inf))
+    first = torch.isfinite(at).to(torch.int8).argmax(dim=1, keepdim=True)
+    return torch.gather(at, 1, first)[:, 0]
+
+
+def linear_potential(arrivals, weights, decays, alpha, beta, late, stop, at, tau_c: float,
+                     inv_tau_m: float, late_decays=None) -> torch.Tensor:
+    """``v(at)`` of the neuron of :func:`linear_first_crossing` (no threshold; ``at`` one time or one per row)."""
     starts, rates, invs = segments(arrivals, weights, decays, alpha, beta, late, stop, late_decays)
-    k, slots = starts.shape
-    v = torch.zeros(k, dtype=torch.float64)
-    found = torch.full((k,), torch.inf, dtype=torch.float64)
-    for slot in range(slots):
-        a = starts[:, slot].clamp(max=end)
-        b = (starts[:, slot + 1] if slot + 1 < slots else torch.full((k,), end, dtype=torch.float64)).clamp(max=end)
-        lo = torch.maximum(a, torch.as_tensor(fire_from, dtype=torch.float64))
-        rate, inv = rates[:, slot] / tau_c, invs[:, slot] + inv_tau_m
-        v_lo = _relaxed(v, rate, (lo - a).clamp(min=0.0), inv)
-        open_ = (lo <= b) & torch.isinf(found)
-        found = torch.where(open_ & (v_lo >= theta), lo, found)
-        pull = rate - theta * inv  # the slope v would have at theta: positive when v can still reach it
-        rising = open_ & (pull > 0) & (v_lo < theta)
-        y = torch.where(rising, (theta - v_lo) * inv / torch.where(rising, pull, 1.0), 0.0)
-        when = lo + torch.where(rising, (theta - v_lo) / torch.where(rising, pull, 1.0), 0.0) * _log1p_ratio(y)
-        found = torch.where(rising & (when <= b), when, found)
-        v = _relaxed(v, rate, (b - a).clamp(min=0.0), inv)
-    return found
-
-
-def linear_potential(arrivals, weights, decays, alpha, beta, late, stop, at: float, tau_c: float,
-                     inv_tau_m: float) -> torch.Tensor:
-    """``v(at)`` of the neuron of :func:`linear_first_crossing` (no threshold)."""
-    starts, rates, invs = segments(arrivals, weights, decays, alpha, beta, late, stop)
-    k, slots = starts.shape
-    v = torch.zeros(k, dtype=torch.float64)
-    for slot in range(slots):
-        a = starts[:, slot].clamp(max=at)
-        b = (starts[:, slot + 1] if slot + 1 < slots else torch.full((k,), at, dtype=torch.float64)).clamp(max=at)
-        v = _relaxed(v, rates[:, slot] / tau_c, (b - a).clamp(min=0.0), invs[:, slot] + inv_tau_m)
-    return v
+    a, b, v = _breakpoints(starts, rates / tau_c, invs + inv_tau_m, at)
+    last = _relaxed(v[:, -1], rates[:, -1] / tau_c, (b - a)[:, -1], invs[:, -1] + inv_tau_m)
+    return last
 
 
 # ----------------------------------------------------------------------------- exponential synaptic currents
-def exponential_potential(arrivals, weights, alpha, at: float, tau_c: float, tau_s: float) -> torch.Tensor:
+def exponential_potential(arrivals, weights, alpha, at, tau_c: float, tau_s: float) -> torch.Tensor:
     """``v(at)`` for ``dv/dt = (alpha + sum_j w_j e^{-(t - a_j) / tau_s} H(t - a_j)) / tau_c``:
-    ``(alpha at + sum_{a_j < at} w_j tau_s (1 - e^{-(at - a_j) / tau_s})) / tau_c``."""
-    span = (at - arrivals).clamp(min=0.0).nan_to_num(posinf=0.0, neginf=0.0)
+    ``(alpha at + sum_{a_j < at} w_j tau_s (1 - e^{-(at - a_j) / tau_s})) / tau_c`` (``at`` one time or one per
+    row)."""
+    at = torch.as_tensor(at, dtype=torch.float64)
+    span = (at.reshape(-1, 1) - arrivals).clamp(min=0.0).nan_to_num(posinf=0.0, neginf=0.0)
     span = torch.where(torch.isfinite(arrivals), span, 0.0)
     return (alpha * at - tau_s * (weights * torch.special.expm1(-span / tau_s)).sum(dim=1)) / tau_c
 

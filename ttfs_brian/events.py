@@ -225,7 +225,7 @@ class TimedRun:
         post = torch.as_tensor(np.ravel_multi_index([t.numpy() for t in index[1:]], layer.shape))
         for k, proj in enumerate(layer.projections):
             source = self.net.layers[proj.source].shape
-            sources = evaluate.fan_in_sources(proj, source, layer.shape, index)
+            sources = self._sources(layer, k, proj, source)[post]
             arrived, w = evaluate.fan_in(proj, self.arrivals(proj), layer.shape, index)
             real = sources >= 0  # a zero-padded tap is no synapse (exact: the drive beta stands for them)
             if self.delays is not None:
@@ -240,13 +240,20 @@ class TimedRun:
             decays.append(torch.where(present, self._conductance(layer, w, post), 0.0))
         return torch.cat(times, dim=1), torch.cat(weights, dim=1), torch.cat(decays, dim=1)
 
+    def _sources(self, layer: Layer, k: int, proj: Projection, source: tuple[int, ...]) -> torch.Tensor:
+        """The source neuron of every (target neuron, fan-in position) of projection ``k``, -1 for padding (once)."""
+        key = ("sources", layer.name, k)
+        if key not in self._per_synapse:
+            every = tuple(torch.as_tensor(i) for i in np.indices((1, *layer.shape)).reshape(len(layer.shape) + 1, -1))
+            self._per_synapse[key] = evaluate.fan_in_sources(proj, source, layer.shape, every)
+        return self._per_synapse[key]
+
     def _drawn(self, what: str, layer: Layer, k: int, proj: Projection, source: tuple[int, ...]) -> torch.Tensor:
         """A per-synapse draw for every (target neuron, fan-in position + 1) of projection ``k`` (column 0: padding),
         once per run: the extra delay (ms) or the release unit of :mod:`ttfs_brian.perturb`."""
         key = (what, layer.name, k)
         if key not in self._per_synapse:
-            every = tuple(torch.as_tensor(i) for i in np.indices((1, *layer.shape)).reshape(len(layer.shape) + 1, -1))
-            sources = evaluate.fan_in_sources(proj, source, layer.shape, every).numpy()
+            sources = self._sources(layer, k, proj, source).numpy()
             post = np.arange(layer.size)[:, None]
             draw = (delay_offsets(self.delays, self.net, layer, k, sources, post) if what == "delay"
                     else release_unit(self.release, layer, k, sources, post))
@@ -311,6 +318,16 @@ class TimedRun:
                 first = torch.where(beta > 0, late + (theta - v) * params.tau_c / torch.where(beta > 0, beta, 1.0),
                                     torch.inf)
                 first = torch.where(v >= theta, late, first)
+            elif not curved and self.net.variant == "exact":  # step currents: piecewise linear, padding at t_min
+                first = first_crossing_times(
+                    torch.cat([arrivals, torch.full((len(post), 1), late, dtype=torch.float64)], dim=1),
+                    torch.cat([weights, beta[:, None]], dim=1) / params.tau_c, theta, alpha / params.tau_c,
+                    params.t_max - params.t_on)
+            elif not curved:  # sparse: v(t_min) from the gated step currents, then the drive beta
+                v = (weights * (stop - arrivals).clamp(min=0.0).nan_to_num(posinf=0.0)).sum(dim=1) / params.tau_c
+                first = torch.where(beta > 0, late + (theta - v) * params.tau_c / torch.where(beta > 0, beta, 1.0),
+                                    torch.inf)
+                first = torch.where(v >= theta, late, first)
             else:
                 k = len(post)
                 first = linear_first_crossing(
@@ -336,6 +353,36 @@ class TimedRun:
             clipped = times <= layer.t_min + EPS_MS
             early = torch.zeros_like(clipped)
         return times, clipped, early
+
+    def potential_at(self, layer: Layer, times: torch.Tensor) -> torch.Tensor:
+        """Every hidden neuron's potential at its own time ``times`` (``(N, *shape)``, ms), every synapse apart:
+        what a compensation (:mod:`ttfs_brian.compensation`) compares with the threshold at a nominal crossing."""
+        params = integrator(self.net, layer)
+        out = torch.empty(self._batch() * layer.size, dtype=torch.float64)
+        times = _t(times).reshape(-1)
+        lo = 0
+        for index in self._chunks(layer):
+            post = torch.as_tensor(np.ravel_multi_index([t.numpy() for t in index[1:]], layer.shape))
+            k = len(post)
+            at = times[lo:lo + k] - params.t_on
+            arrivals, weights, decays = self._synapses(layer, params, index)
+            beta, beta_decay = self._padding(layer, params, post)
+            alpha = _t(params.alpha)[post]
+            late, stop = params.t_late - params.t_on, params.t_off - params.t_on
+            if self.tau_s is not None and self.net.variant == "exact":
+                v = exponential_potential(torch.cat([arrivals, torch.full((k, 1), late, dtype=torch.float64)], dim=1),
+                                          torch.cat([weights, beta[:, None]], dim=1), alpha, at, params.tau_c,
+                                          self.tau_s)
+            elif self.tau_s is not None:  # sparse: the gated currents, then the drive
+                v = (exponential_potential(arrivals, weights, 0.0, at.clamp(max=stop), params.tau_c, self.tau_s)
+                     + beta * (at - late).clamp(min=0.0) / params.tau_c)
+            else:
+                v = linear_potential(arrivals, weights, decays, alpha, beta, torch.full((k,), late, dtype=torch.float64),
+                                     torch.full((k,), stop, dtype=torch.float64), at, params.tau_c, self.inv_tau_m,
+                                     late_decays=beta_decay)
+            out[lo:lo + k] = v
+            lo += k
+        return out.reshape(self._batch(), *layer.shape)
 
     def _potential_by_synapse(self, layer: Layer, params: Integrator, at: float) -> torch.Tensor:
         """The output layer's potential at ``at`` (its ``t_min``), every synapse apart."""

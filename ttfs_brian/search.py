@@ -71,7 +71,8 @@ SCALES: dict[str, Scale] = {kind: Scale(kind, low, high) for kind, (low, high) i
     "input_jitter": (1e-6, 100.0), "spike_jitter": (1e-6, 100.0), "delay_mismatch": (1e-6, 100.0),
     "alpha_mismatch": (1e-8, 100.0), "threshold_mismatch": (1e-8, 100.0), "weight_noise": (1e-8, 100.0),
     "drop": (1e-6, 1.0), "release_failure": (1e-6, 1.0), "zeta": (0.1, 1000.0), "leak": (1e-6, 1e3),
-    "synaptic_tau": (1e-6, 1e3), "weight_bits": (2.0 ** -24, 0.5), "time_bits": (2.0 ** -24, 0.5),
+    "synaptic_tau": (1e-6, 1e3), "conductance": (1e-4, 0.99), "weight_bits": (2.0 ** -24, 0.5),
+    "time_bits": (2.0 ** -24, 0.5),
 }.items()}
 """Severity bounds per kind: the search reports "beyond" a cap it reached without failing."""
 

@@ -31,7 +31,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from .comparison import compare
 from .errors import InputError
-from .perturb import KINDS, Perturbation, as_list
+from .perturb import KINDS, TIME_CONSTANTS, Perturbation, as_list
 from .store import RowStore
 from .validation import finite
 
@@ -137,7 +137,20 @@ class Cell:
     def perturbation(self) -> Perturbation | None:
         if self.kind == "zeta":
             return None
-        return Perturbation(self.kind, self.level, seed=self.trial, **dict(self.options))
+        options = {k: v for k, v in self.options if k != COMPENSATE}
+        return Perturbation(self.kind, self.level, seed=self.trial, **options)
+
+    @property
+    def compensated(self) -> bool:
+        """Whether the network is converted with thresholds compensated for this cell's kind and level
+        (:mod:`ttfs_brian.compensation`; kind option ``compensate = true``)."""
+        return bool(dict(self.options).get(COMPENSATE, False))
+
+
+COMPENSATE = "compensate"
+"""The kind option that converts every level's network with :func:`ttfs_brian.compensation.compensate`."""
+COMPENSATION_SAMPLES = 500
+"""Calibration samples the compensation averages over."""
 
 
 @dataclass
@@ -230,6 +243,13 @@ class Study:
                 raise InputError(f"kind {kind!r} of the study has no levels (given: {given}); write "
                                  f"[kinds.{kind}] levels = [...]")
             options = {k: v for k, v in spec.items() if k != "levels"}
+            if options.get(COMPENSATE) is not None:
+                from .compensation import COMPENSABLE
+
+                if not isinstance(options[COMPENSATE], bool) or kind not in COMPENSABLE:
+                    raise InputError(f"[kinds.{kind}] compensate must be true or false, and only {list(COMPENSABLE)} "
+                                     "can be compensated")
+            options.pop(COMPENSATE, None)
             for level in spec["levels"]:
                 if kind == "zeta":
                     finite(level, "zeta (window margin)", low=-1.0, low_open=True)
@@ -315,19 +335,26 @@ def _model(arch: str, dataset: str, source: UserModel | None) -> tuple[Any, np.n
 
 
 @functools.lru_cache(maxsize=16)
-def _network(arch: str, dataset: str, source: UserModel | None, variant: str, zeta: float, dt: float):
+def _network(arch: str, dataset: str, source: UserModel | None, variant: str, zeta: float, dt: float,
+             compensated_for: Perturbation | None = None):
     from .converter import convert
 
     model, calibration, _, _ = _model(arch, dataset, source)
+    if compensated_for is not None:
+        from .compensation import compensate
+
+        return compensate(_network(arch, dataset, source, variant, zeta, dt), calibration[:COMPENSATION_SAMPLES],
+                          compensated_for)
     return convert(model, calibration, variant=variant, zeta=zeta, dt=dt)
 
 
 def _nominal(cell: Cell):
     """The unperturbed spikes the cell is compared with: its kind at level 0, which is no perturbation at all
     except for a spike jitter's latency (whose windows are later by design). Cells of other kinds share it."""
-    zero = None if cell.kind == "zeta" else Perturbation(cell.kind, math.inf if cell.kind == "leak" else 0.0,
-                                                          **dict(cell.options))
-    reference = None if zero is None or zero.is_identity else (cell.kind, cell.options)
+    options = tuple((k, v) for k, v in cell.options if k != COMPENSATE)
+    zero = None if cell.kind == "zeta" else Perturbation(cell.kind, math.inf if cell.kind in TIME_CONSTANTS else 0.0,
+                                                          **dict(options))
+    reference = None if zero is None or zero.is_identity else (cell.kind, options)
     return _nominal_spikes(cell.model, cell.dataset, cell.source, cell.variant, cell.dt, cell.start, cell.samples,
                            reference)
 
@@ -382,9 +409,10 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     x, y = x_test[start:start + cell.samples], y_test[start:start + cell.samples]
     indices = np.arange(start, start + cell.samples)
     zeta = cell.level if cell.kind == "zeta" else 0.5
-    net = _network(cell.model, cell.dataset, cell.source, cell.variant, zeta, cell.dt)
-    nominal = _nominal(cell)
     perturbation = cell.perturbation()
+    net = _network(cell.model, cell.dataset, cell.source, cell.variant, zeta, cell.dt,
+                   perturbation if cell.compensated else None)
+    nominal = _nominal(cell)
     twin = simulate_analytic(net, x, perturbation=perturbation, indices=indices)
     if cell.engine == "analytic":
         result, checks = twin, {}
