@@ -72,3 +72,24 @@ def test_second_simulator_in_one_process_reuses_everything(tmp_path, monkeypatch
     assert not list((second.adapter.build_dir / "code_objects").glob("*_codeobject_1.cpp"))
     assert ttfs_brian.compare(ttfs_brian.simulate(net, x), res)["max_abs_dt_ms"].iloc[:-1].max() < 1e-9
     assert ttfs_brian.compare(ttfs_brian.simulate(net, x), first.run(x))["max_abs_dt_ms"].iloc[:-1].max() < 1e-9
+
+
+def test_a_reordered_main_or_changed_equations_is_another_program(tmp_path, monkeypatch):
+    """Sorted lines alone conflated a main() that applies the run's arguments after the spike queues read their
+    delays with one that applies them before (per-synapse delays then never reached the queues: 13 ms off)."""
+    from ttfs_brian.brian import compile_cache
+
+    def key(main: str, equations: str = "v = 1") -> str:
+        project = tmp_path / str(abs(hash((main, equations))))
+        project.mkdir(exist_ok=True)
+        (project / "main.cpp").write_text(main)
+        (project / "makefile").write_text("CXX = g++\n")
+        monkeypatch.setattr(compile_cache, "_model_digest", lambda: equations)
+        return compile_cache.ObjectCache(project, tmp_path / "cache").keys[project / "main.o"]
+
+    late = "int main() {\n    _before_run_queue();\n    set_from_command_line(args);\n    net.run(1.0);\n}\n"
+    early = "int main() {\n    set_from_command_line(args);\n    _before_run_queue();\n    net.run(1.0);\n}\n"
+    assert sorted(late.splitlines()) == sorted(early.splitlines()) and key(late) != key(early)
+    shuffled = "int main() {\n    _array_b[0] = 0;\n    _array_a[0] = 0;\n    net.run(1.0);\n}\n"  # hash-ordered resets
+    assert key(shuffled) == key("int main() {\n    _array_a[0] = 0;\n    _array_b[0] = 0;\n    net.run(1.0);\n}\n")
+    assert key(late) != key(late, equations="I = 2\nv = 1")

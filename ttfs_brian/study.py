@@ -46,6 +46,18 @@ REFERENCE_KINDS: dict[str, dict[str, Any]] = {
 }
 """The reference grid of SPEC section 8 (IBM's reference code: 16 trials each). Spike jitter gets a latency
 of 0.2 ms, four times its largest sigma, so that the truncation at ``-D`` keeps it Gaussian and causal."""
+BIOPHYSICAL_KINDS: dict[str, dict[str, Any]] = {
+    "synaptic_tau": {"levels": (100.0, 30.0, 10.0, 3.0, 1.0)},
+    "conductance": {"levels": (0.03, 0.1, 0.2, 0.4, 0.7)},
+    "delay_mismatch": {"levels": (0.1, 0.2, 0.4, 0.8, 1.6), "latency_ms": 0.2},
+    "release_failure": {"levels": (0.003, 0.01, 0.03, 0.1, 0.3)},
+    "leak": {"levels": (1000.0, 300.0, 100.0, 30.0, 10.0)},
+}
+"""The biophysical grid (issue #21): synaptic time constants and leaks from far above to below the windows (ms),
+conductances up to a threshold 70 % of the way to the excitatory reversal potential, delay mismatch on the study's
+0.2 ms grid (latency 0.2 ms), release failures up to 30 %."""
+ANALYTIC_ONLY = ("conductance",)
+"""Kinds without a Brian2 twin (:func:`ttfs_brian.brian.structure.structure_for` says why): no Brian2 cells."""
 TIME_KINDS = ("spike_jitter", "input_jitter")
 """Kinds whose level is a time (ms); the others are relative (mismatch) or a margin (zeta)."""
 
@@ -272,6 +284,8 @@ class Study:
                 for variant in self.variants:
                     for shard in range(len(self.shards(model, engine, test_sizes))):
                         for kind, spec in self.kinds.items():
+                            if engine == "brian2" and kind in ANALYTIC_ONLY:
+                                continue
                             for level in spec["levels"]:
                                 out += self.level_cells(model, engine, variant, kind, float(level), test_sizes,
                                                         shards=[shard])
@@ -336,15 +350,18 @@ def _model(arch: str, dataset: str, source: UserModel | None) -> tuple[Any, np.n
 
 @functools.lru_cache(maxsize=16)
 def _network(arch: str, dataset: str, source: UserModel | None, variant: str, zeta: float, dt: float,
-             compensated_for: Perturbation | None = None):
+             compensated_for: tuple | None = None):
+    """The converted network (``compensated_for``: ``(kind, level, options)`` of a perturbation it is compensated
+    for, :mod:`ttfs_brian.compensation`)."""
     from .converter import convert
 
     model, calibration, _, _ = _model(arch, dataset, source)
     if compensated_for is not None:
         from .compensation import compensate
 
+        kind, level, options = compensated_for
         return compensate(_network(arch, dataset, source, variant, zeta, dt), calibration[:COMPENSATION_SAMPLES],
-                          compensated_for)
+                          Perturbation(kind, level, **dict(options)))
     return convert(model, calibration, variant=variant, zeta=zeta, dt=dt)
 
 
@@ -410,8 +427,8 @@ def run_cell(cell: Cell) -> dict[str, Any]:
     indices = np.arange(start, start + cell.samples)
     zeta = cell.level if cell.kind == "zeta" else 0.5
     perturbation = cell.perturbation()
-    net = _network(cell.model, cell.dataset, cell.source, cell.variant, zeta, cell.dt,
-                   perturbation if cell.compensated else None)
+    compensated_for = (cell.kind, cell.level, tuple(sorted(perturbation.options.items()))) if cell.compensated else None
+    net = _network(cell.model, cell.dataset, cell.source, cell.variant, zeta, cell.dt, compensated_for)
     nominal = _nominal(cell)
     twin = simulate_analytic(net, x, perturbation=perturbation, indices=indices)
     if cell.engine == "analytic":

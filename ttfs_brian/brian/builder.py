@@ -294,16 +294,19 @@ def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, s
     departure = "t_dep" if departs else "t_spike"
     event = {"on_event": "depart"} if departs else {}
     delay = proj.delay - (structure.departure_latency if departs else 0.0)
+    # spikes late enough to reach the next round: jittered, quantized or dropped departures, per-synapse delays
+    guard = spike_timing == "precise" and (structure.departures or structure.synapse_delays)
     name = f"{plan.names[layer.name]}__from__{plan.names[proj.source]}"
     repeats = sum(p.source == proj.source for p in layer.projections[:j])
     name += f"_{repeats}" if repeats else ""  # a second projection from the same source
     if layer.kind == "maxpool":
-        syn = b2.Synapses(source, target, model=eq.POOL_SYNAPSE_MODEL, on_pre=eq.on_pre_pool(departure), clock=clock,
+        syn = b2.Synapses(source, target, model=eq.POOL_SYNAPSE_MODEL, on_pre=eq.on_pre_pool(departure, guard),
+                          clock=clock,
                           namespace=namespace, delay=delay * b2.ms, name=name, **event)
     else:
         leaky = structure.leak if layer.kind == "output" else structure.leak or structure.noise
         on_pre = eq.on_pre_integrator(spike_timing, departure, leaky=leaky, synaptic=structure.synaptic,
-                                      release=structure.release)
+                                      release=structure.release, guard=guard)
         model = eq.SYNAPSE_MODEL + (eq.RELEASE_SYNAPSE if structure.release else "")
         if structure.synapse_delays:
             model = model.replace(*eq.PER_SYNAPSE_LAG)

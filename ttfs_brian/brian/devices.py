@@ -140,6 +140,9 @@ class StandaloneAdapter:
         """Record the run, then generate and compile the project; returns the compile time (s)."""
         import brian2 as b2
 
+        # run_args before the run's initialisation code: a synapse's spike queue reads its delays there (set after
+        # it, per-run delays would change the lags but not when spikes are delivered)
+        self._device.apply_run_args()
         network.run(run_ms * b2.ms, namespace={})
         cleanup = None
         if self.build_dir is None:

@@ -278,15 +278,23 @@ RELEASE_SYNAPSE = "\nrelease_u : 1 (constant)\nrelease_q : 1 (constant, shared)"
 RELEASE_KEY = "release_key : 1"
 """The sample's key of ``release_failure``, in every group a synapse targets; set at each round start."""
 
+FRESH = "fresh = int({departure}_pre + lag <= tr_post + dt + tol * dt)\n"
+"""Whether a delivered spike belongs to this round. A spike that arrives after its round ended (a jitter or delay
+longer than what is left of the round) is delivered in the next one, where it is a stranger: its arrival time,
+counted from the previous round's start, lies far beyond the current step (a spike of this round arrives within
+the step that delivers it), so it is ignored, as the analytic engine ignores a spike after the readout. Compiled
+in only where spikes can be that late (departures, per-synapse delays)."""
+
+
 def on_pre_integrator(timing: str, departure: str = "t_spike", leaky: bool = False, synaptic: bool = False,
-                      release: bool = False) -> str:
+                      release: bool = False, guard: bool = False) -> str:
     """I_post += w: the slope from the next step on; v_post += ...: (precise) the part of the current step
     after the arrival ``departure_pre + lag``, inside the target's input gate [t_on, t_off] (with a leak,
     that span is weighted by ``exprel`` as in :data:`LEAKY_STEP`; an exponential current has decayed over it,
     and added ``w tau_s (1 - e^{-span / tau_s})``). With ``release``, a transmission that fails
     (:data:`RELEASE_FAILS`) adds nothing."""
-    weight = "w * released" if release else "w"
-    prefix = RELEASE_FAILS if release else ""
+    weight = "w" + (" * released" if release else "") + (" * fresh" if guard else "")
+    prefix = (RELEASE_FAILS if release else "") + (FRESH.format(departure=departure) if guard else "")
     if timing == "grid":
         return f"{prefix}I_post += {weight}"
     span = f"(clip(tr_post + dt, t_on_post, t_off_post) - clip({departure}_pre + lag, t_on_post, t_off_post))"
@@ -302,11 +310,16 @@ RELEASE_FAILS = "released = int(release_u + release_key_post - floor(release_u +
 trial), ``r`` the sample's key (per round, in the target group), ``q`` the level (:mod:`ttfs_brian.perturb`)."""
 
 
-def on_pre_pool(departure: str = "t_spike") -> str:
-    """Count the pool's inputs and keep their earliest and latest arrival."""
-    return ("n_in_post += 1\n"
-            f"t_first_post = clip({departure}_pre + lag, -t_never, t_first_post)\n"  # min(t_first, arrival)
-            f"t_last_post = clip({departure}_pre + lag, t_last_post, t_never)")  # max(t_last, arrival)
+def on_pre_pool(departure: str = "t_spike", guard: bool = False) -> str:
+    """Count the pool's inputs and keep their earliest and latest arrival (``guard``: only this round's,
+    :data:`FRESH`)."""
+    if not guard:
+        return ("n_in_post += 1\n"
+                f"t_first_post = clip({departure}_pre + lag, -t_never, t_first_post)\n"  # min(t_first, arrival)
+                f"t_last_post = clip({departure}_pre + lag, t_last_post, t_never)")  # max(t_last, arrival)
+    return (FRESH.format(departure=departure) + "n_in_post += fresh\n"
+            f"t_first_post = clip({departure}_pre + lag + (1 - fresh) * t_never, -t_never, t_first_post)\n"
+            f"t_last_post = clip({departure}_pre + lag - (1 - fresh) * t_never, t_last_post, t_never)")
 
 # ----------------------------------------------------------------------------- rounds (time-multiplexing)
 # Every group counts time from its own round start (``tr`` above): a standalone run simulates K

@@ -1,0 +1,56 @@
+"""Biophysical synapses and their compensation (issue #21) on the bundled models, in ``results/robustness/biophysics/``.
+
+The grid of :data:`ttfs_brian.study.BIOPHYSICAL_KINDS` (exponential synaptic currents, conductance-based synapses,
+delay mismatch, release failures and the leak), both variants: LeNet-5 with the analytic engine on all 1,000 test
+digits and the breaking-point search, Brian2 (cpp_standalone, precise) on 20 digits for the kinds it twins;
+VGG-small and ResNet-8 with the analytic engine on their first ``--small-samples`` test digits (an event-by-event
+solve of every synapse is ~10x LeNet-5's cost per image). Then ``compensation/``: LeNet-5 under the same synaptic time
+constants and leaks with thresholds compensated (:mod:`ttfs_brian.compensation`), to set beside the uncompensated
+rows. Runs on a local Dask cluster and resumes from the rows.
+
+    python experiments/biophysics.py [--workers 2] [--small-samples 300]
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from ttfs_brian.study import BIOPHYSICAL_KINDS, Study, run_study, write_report
+
+RESULTS = Path(__file__).resolve().parent.parent / "results" / "robustness"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--small-samples", type=int, default=300, help="test digits of VGG-small and ResNet-8")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+    kinds = {kind: dict(spec) for kind, spec in BIOPHYSICAL_KINDS.items()}
+    studies = [Study(models=["lenet5_mnist5k"], engines=["analytic", "brian2"], kinds=kinds, trials=args.trials,
+                     brian_trials=args.trials, breaking_points=["analytic"])]
+    studies += [Study(models=[model], engines=["analytic"], kinds=kinds, trials=args.trials, samples=args.small_samples)
+                for model in ("vgg_small_mnist5k", "resnet8_mnist5k")]
+    out = args.out / "biophysics"
+    out.mkdir(parents=True, exist_ok=True)
+    for study in studies:
+        rows = run_study(study, out / "rows.csv", workers=args.workers)
+    logging.info("wrote %s", write_report(rows, out, searched=["analytic"], commands=[
+        "python experiments/biophysics.py   # this folder and ../compensation (resumes from the rows)"]))
+
+    compensated = {kind: {**dict(kinds[kind]), "compensate": True} for kind in ("synaptic_tau", "leak")}
+    out = args.out / "compensation"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run_study(Study(models=["lenet5_mnist5k"], kinds=compensated, trials=1, breaking_points=["analytic"]),
+                     out / "rows.csv", workers=args.workers)
+    logging.info("wrote %s", write_report(rows, out, searched=["analytic"], commands=[
+        "python experiments/biophysics.py   # ../biophysics and this folder (resumes from the rows)"]))
+
+
+if __name__ == "__main__":
+    main()
