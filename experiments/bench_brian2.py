@@ -7,7 +7,10 @@ Spike times are compared with the analytic engine (max |dt|, spikes only in one 
 agreement). Rows are appended to ``results/bench_brian2.csv`` as they finish (reruns skip done rows).
 
 cpp_standalone is measured with a cold compiled-network cache (an empty cache folder: everything is
-compiled) and warm (the same structure built again by a new simulator: the objects come from the cache).
+compiled) and warm (the same structure built again by a new simulator: the objects come from the cache), in
+both round layouts, side by side: ``aligned`` (every layer works through each sample's whole latency) and
+``pipelined`` (the layers work on successive samples at once, :class:`ttfs_brian.brian.layout.RoundTiming`).
+``run_per_image_ms`` is the marginal cost (the binary's run over all images, without build and compilation).
 
     python experiments/bench_brian2.py [--images 1000] [--runtime-images 100] [--batch-size R]
 """
@@ -32,7 +35,7 @@ from ttfs_brian.cost import synaptic_events
 
 log = logging.getLogger("bench_brian2")
 RESULTS = Path(__file__).resolve().parent.parent / "results"
-KEY = ["variant", "device", "timing", "dt", "images", "batch_size", "cache", "threads"]
+KEY = ["variant", "device", "timing", "dt", "images", "batch_size", "cache", "threads", "layout"]
 
 
 def main() -> None:
@@ -46,6 +49,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="replicas R side by side (default: the Simulator's choice); rounds K = images / R")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="OpenMP threads (cpp_standalone)")
+    parser.add_argument("--layouts", nargs="+", default=["aligned", "pipelined"], choices=["aligned", "pipelined"])
     parser.add_argument("--out", type=Path, default=RESULTS / "bench_brian2.csv")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -53,21 +57,24 @@ def main() -> None:
     model, _ = zoo.load_pretrained("lenet5", "mnist5k")
     mnist = data.mnist5k()
     done = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame(columns=KEY)
+    if "layout" not in done:  # rows from before pipelining: every round was aligned
+        done["layout"] = "aligned"
     seen = {tuple(str(v) for v in row) for row in done[KEY].itertuples(index=False)}
     batch = "default" if args.batch_size is None else str(args.batch_size)
-    configs = [(variant, device, timing, dt, n, cache)
+    configs = [(variant, device, timing, dt, n, cache, layout)
                for variant in args.variants
                for device, n in (("cpp_standalone", args.images), ("runtime", args.runtime_images)) if n > 0
                for timing, dts in (("precise", args.precise_dt), ("grid", args.grid_dt)) for dt in dts
+               for layout in (args.layouts if device == "cpp_standalone" else ("aligned",))
                for cache in (("cold", "warm") if device == "cpp_standalone" else ("none",))]
     cache_root = Path(tempfile.mkdtemp(prefix="bench_brian2_cache_"))
-    for variant, device, timing, dt, n, cache in configs:
+    for variant, device, timing, dt, n, cache, layout in configs:
         threads = args.threads if device == "cpp_standalone" else 1
-        if (variant, device, timing, str(dt), str(n), batch, cache, str(threads)) in seen:
-            log.info("skipping %s %s %s dt=%s cache %s (done)", variant, device, timing, dt, cache)
+        if (variant, device, timing, str(dt), str(n), batch, cache, str(threads), layout) in seen:
+            log.info("skipping %s %s %s dt=%s cache %s %s (done)", variant, device, timing, dt, cache, layout)
             continue
         # cold: a folder of its own, empty; warm: the folder its cold twin filled (built again if skipped)
-        os.environ["TTFS_BRIAN_CACHE"] = str(cache_root / f"{variant}_{timing}_{dt}")
+        os.environ["TTFS_BRIAN_CACHE"] = str(cache_root / f"{variant}_{timing}_{dt}_{layout}")
         x = mnist.x_test[:n]
         net = ttfs_brian.convert(model, mnist.x_train, variant=variant, dt=dt)
         start = time.perf_counter()
@@ -75,7 +82,8 @@ def main() -> None:
         analytic_s = time.perf_counter() - start
         start = time.perf_counter()
         sim = Simulator(net, device=device, timing=timing, dt=dt, batch_size=args.batch_size,
-                        threads=args.threads if device == "cpp_standalone" else None)
+                        threads=args.threads if device == "cpp_standalone" else None,
+                        pipeline=layout == "pipelined" if device == "cpp_standalone" else None)
         result = sim.run(x)
         total_s = time.perf_counter() - start
         diff = ttfs_brian.compare(reference, result)
@@ -84,10 +92,11 @@ def main() -> None:
         row = {
             "variant": variant, "device": device, "timing": timing, "dt": dt, "images": n, "batch_size": batch,
             "cache": cache,
-            "threads": threads,
+            "threads": threads, "layout": "pipelined" if sim.round_timing.pipelined else "aligned",
+            "period_ms": sim.round_timing.period_ms,
             "replicas": result.meta.get("replicas"), "rounds": result.meta.get("rounds"), "n_synapses": result.meta.get("n_synapses"),
             "build_s": result.meta["build_s"], "compile_s": result.meta["compile_s"], "run_s": result.meta["run_s"],
-            "total_s": total_s, "per_image_ms": 1e3 * total_s / n,
+            "total_s": total_s, "per_image_ms": 1e3 * total_s / n, "run_per_image_ms": 1e3 * result.meta["run_s"] / n,
             "analytic_per_image_ms": 1e3 * analytic_s / n, "ratio_to_analytic": total_s / analytic_s,
             "spikes_per_image": float(report["spikes"].sum() / n),
             "synaptic_events_per_image": synaptic_events(net, result) / n,
@@ -98,7 +107,8 @@ def main() -> None:
             "agreement_with_analytic": diff.attrs["agreement"],
         }
         log.info("%s", row)
-        pd.DataFrame([row]).to_csv(args.out, mode="a", header=not args.out.exists(), index=False)
+        rows = pd.read_csv(args.out) if args.out.exists() else pd.DataFrame()
+        pd.concat([rows, pd.DataFrame([row])], ignore_index=True).to_csv(args.out, index=False)  # new columns too
     shutil.rmtree(cache_root, ignore_errors=True)
     log.info("wrote %s\n%s", args.out, pd.read_csv(args.out).to_string(index=False))
 

@@ -84,7 +84,7 @@ def _in_chunks(net: TTFSNetwork, n: int, solve) -> SimulationResult:
     records, reasons, times = [], no_flags(n), {}
     for k, (name, kind, *_) in enumerate(parts[0][1]):
         outcomes = [layers[k] for _, layers in parts]
-        times[name] = observed(net, np.concatenate([o[2] for o in outcomes]))
+        times[name] = observed(net, net.layers[name], np.concatenate([o[2] for o in outcomes]))
         clipped, early = (None if outcomes[0][i] is None else np.concatenate([np.asarray(o[i]) for o in outcomes])
                           for i in (3, 4))
         rising = int(not_rising(net, net.layers[name]).sum())

@@ -33,15 +33,35 @@ def decode(net: TTFSNetwork, layer: Layer, times: np.ndarray) -> np.ndarray:
     return np.nan_to_num((layer.t_max - np.asarray(times, dtype=np.float64)) / net.tau_c, nan=0.0)
 
 
-def observed(net: TTFSNetwork, times: np.ndarray) -> np.ndarray:
-    """``times`` with the spikes after the readout (the output layer's ``t_min``) removed (NaN).
+def horizon(net: TTFSNetwork, layer: Layer) -> float:
+    """The last time (ms) a spike of ``layer`` can still act: the latest, over the projections that carry it, of the
+    target's last use minus the delay (an ``exact`` neuron's ``t_max``, after which it has fired; a ``sparse`` one's
+    ``t_min``, when its input gate closes; the readout; a max pool passes a spike on at once); the readout for a
+    layer that feeds none."""
+    ends = []
+    for target in net.layers.values():
+        for proj in target.projections:
+            if proj.source != layer.name:
+                continue
+            if target.kind == "maxpool":
+                end = horizon(net, target)
+            elif target.kind == "output" or net.variant == "sparse":
+                end = target.t_min
+            else:
+                end = target.t_max
+            ends.append(end - proj.delay)
+    return max(ends) if ends else net.output_layer.t_min
 
-    A simulation ends at the readout, and no later spike can change the logits; only a spike relayed late
-    can be that late (a max pool passes on its input's arrival, which a jittered spike can delay past every
-    window). Both engines report what a simulation up to the readout observes; a spike at the readout itself
-    (an ``exact`` neuron forced at a ``t_max`` that is the readout) is kept, to rounding.
+
+def observed(net: TTFSNetwork, layer: Layer, times: np.ndarray) -> np.ndarray:
+    """``times`` of ``layer`` with the spikes after its :func:`horizon` removed (NaN).
+
+    No later spike can change anything, and a simulation need not hold it: only a spike relayed late can be that
+    late (a max pool passes on its input's arrival, which a jittered spike can delay past every window). Both
+    engines report what they must observe; a spike at the horizon itself (an ``exact`` neuron forced at a ``t_max``
+    that is the readout) is kept, to rounding.
     """
-    return np.where(np.asarray(times) > net.output_layer.t_min + READOUT_EPS_MS, np.nan, times)
+    return np.where(np.asarray(times) > horizon(net, layer) + READOUT_EPS_MS, np.nan, times)
 
 
 READOUT_EPS_MS = 1e-9

@@ -177,10 +177,12 @@ class TimedRun:
             first = first_crossing_at(arrivals, weights / tau, theta[index], alpha[index] / tau,
                                       params.t_max - params.t_on) + params.t_on
             times[index] = first.clamp(max=params.t_max)
-        # clipped: the line after the last arrival meets theta before t_min, where the neuron did cross (an input
-        # jittered past t_min can steepen that line without the neuron crossing any earlier); early: the others
         before = times < layer.t_min - EPS_MS
-        clipped = (cross < layer.t_min - EPS_MS) & before
+        clipped = torch.zeros_like(before)
+        if before.any():
+            index = before.nonzero(as_tuple=True)
+            arrivals, weights = self._fan_in(layer, params, index)
+            clipped[index] = _above_at_t_min(arrivals, weights, alpha[index], beta[index], theta[index], params)
         early = before & ~clipped
         return times, clipped, early
 
@@ -298,7 +300,7 @@ class TimedRun:
         """Spike times with every synapse apart: the leak, conductance-based or exponential synapses, or a synapse's own
         delay or release (``exact`` forced at ``t_max``; ``sparse`` silent from ``t_max``)."""
         out = torch.empty(self._batch() * layer.size, dtype=torch.float64)
-        line = torch.full_like(out, torch.inf)  # linear dynamics: where the line after the last input meets theta
+        above = torch.zeros(out.shape, dtype=torch.bool)  # linear dynamics: clipped, as _above_at_t_min says
         theta_all, alpha_all = _t(params.theta), _t(params.alpha)
         curved = self.inv_tau_m > 0 or self.tau_s is not None or self.conductance is not None
         lo = 0
@@ -336,17 +338,14 @@ class TimedRun:
                     params.t_max - params.t_on, params.tau_c, self.inv_tau_m, late_decays=beta_decay)
             out[lo:lo + len(post)] = first + params.t_on
             if not curved and self.net.variant == "exact":
-                slope = alpha + weights.sum(dim=1) + beta
-                weighted = (weights * torch.where(torch.isfinite(arrivals), arrivals, 0.0)).sum(dim=1) + beta * late
-                at = (theta * params.tau_c + weighted) / torch.where(slope > 0, slope, 1.0) + params.t_on
-                line[lo:lo + len(post)] = torch.where(slope > 0, at, torch.inf)
+                above[lo:lo + len(post)] = _above_at_t_min(arrivals, weights, alpha, beta, theta, params)
             lo += len(post)
         times = out.reshape(self._batch(), *layer.shape)
         if self.net.variant == "exact":
             times = times.clamp(max=params.t_max)
             before = times < layer.t_min - EPS_MS
             # clipped as in _exact; a curved potential has no line: every crossing before t_min is early (both engines)
-            clipped = before & (line.reshape(times.shape) < layer.t_min - EPS_MS)
+            clipped = before & above.reshape(times.shape)
             early = before & ~clipped
         else:  # above the window: the potential had reached theta by t_min
             times = torch.where(times < layer.t_max - EPS_MS, times, torch.nan)
@@ -410,6 +409,19 @@ def _tap(sources: torch.Tensor) -> torch.Tensor:
     """Fan-in positions as columns of a per-synapse draw (:meth:`TimedRun._drawn`): 1 + position, 0 for padding."""
     columns = torch.arange(1, sources.shape[1] + 1).expand_as(sources)
     return torch.where(sources >= 0, columns, 0)
+
+
+def _above_at_t_min(arrivals, weights, alpha, beta, theta, params: Integrator) -> torch.Tensor:
+    """Whether an ``exact`` neuron that crossed before ``t_min`` is *clipped*: its potential at ``t_min`` (from the
+    inputs arrived by then; arrivals relative to ``t_on``) lies above the threshold while it still rises, i.e. the
+    line from ``t_min`` meets the threshold before it: a value above the window. Otherwise its crossing was early
+    firing. Inputs after ``t_min`` (jittered late) do not enter, and Brian2 reads the same at ``t_min``."""
+    late = params.t_late - params.t_on
+    arrived = arrivals <= late + EPS_MS
+    weight = torch.where(arrived, weights, 0.0)
+    v = (alpha * late + (weight * (late - torch.where(arrived, arrivals, late))).sum(dim=1)) / params.tau_c
+    slope = alpha + weight.sum(dim=1) + beta
+    return (slope > 0) & (v - theta > EPS_MS * slope / params.tau_c)
 
 
 def _per_neuron(array: np.ndarray, layer: Layer) -> torch.Tensor:

@@ -20,12 +20,14 @@ then layer ``k`` tests its threshold, resets (which sets ``t_spike``) and is mon
 so a neuron could fire on a ``v`` that lacks an (inhibitory) input of the same step, and a pool would
 pass its spike on one step late.
 
-Rounds (standalone): a ``run_regularly`` on a clock of period ``P`` (slot ``start``) resets each
-group's per-sample state, moves ``round_step`` to the round start and loads the input spike times of
-the round from the table. Results never come from the final state: ``SpikeMonitor`` s record
-``t_spike`` (and ``t_raw`` of ``sparse`` hidden neurons) with the absolute ``t`` that names the round; the
-output's ``v`` is read by a custom event on the last step of each round, and in ``exact`` the
-neurons that crossed their threshold before ``t_min`` report their final ``v`` and ``I`` the same way.
+Rounds (standalone): a scalar ``run_regularly`` (slot ``start``) starts each group's rounds at its own
+offset (:class:`~ttfs_brian.brian.layout.RoundTiming`; pipelined, the layers work on successive samples at
+once), a custom event resets the group's per-sample state, and the input layer loads its spike times of the
+round from the table. Results never come from the final state: ``SpikeMonitor`` s record ``t_spike`` (and
+``t_raw`` of ``sparse`` hidden neurons) with the absolute ``t`` that names the round; the output's ``v`` is
+read by a custom event on the last step of each round, and in ``exact`` the neurons that crossed their
+threshold before ``t_min`` report ``v`` and ``I`` at ``t_min`` the same way (after the layer's turn in that
+step, so that a crossing in it counts).
 """
 from __future__ import annotations
 
@@ -43,8 +45,6 @@ from . import equations as eq
 from .layout import Layout, RoundTiming
 from .structure import Structure
 
-ROUND_CLOCK_SHORTENING = 1e-12
-"""Relative amount by which the round-reset clock is shorter than a round (see :func:`_round_reset`)."""
 
 
 @dataclass(frozen=True)
@@ -133,33 +133,38 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
     tables: dict[str, tuple[Any, Any]] = {}
     table = None
     release_table = None
+    round_events = {"round": eq.ROUND_EVENT} if multiplexed else {}
+    rows = layout.rounds + 1  # round K, after the batch, reads a silent row (pipelined layers keep cycling)
     if structure.release and multiplexed:
-        release_table = b2.TimedArray(np.zeros((layout.rounds, replicas)), dt=timing.period_ms * b2.ms,
+        release_table = b2.TimedArray(np.zeros((rows, replicas)), dt=timing.period_ms * b2.ms,
                                       name="ttfs_release_table")
         namespace = {**namespace, "release_table": release_table}
     for k, layer in enumerate(net.layers.values()):
         name = plan.names[layer.name]
         if layer.kind == "input":
             if multiplexed:
-                table = b2.TimedArray(np.full((layout.rounds, replicas * layer.size), eq.NEVER_MS) * b2.ms,
+                table = b2.TimedArray(np.full((rows, replicas * layer.size), eq.NEVER_MS) * b2.ms,
                                       dt=timing.period_ms * b2.ms, name="ttfs_t_in_table")
-            group = _input_group(layer, replicas, spike_timing, clock, namespace, table, name)
+            group = _input_group(layer, replicas, spike_timing, clock, namespace, table, name, round_events)
         elif layer.kind == "maxpool":
-            group = _pool_group(layer, plan.pool_fan_in[layer.name], replicas, spike_timing, clock, namespace, name)
+            group = _pool_group(layer, plan.pool_fan_in[layer.name], replicas, spike_timing, clock, namespace, name,
+                                round_events)
         elif layer.kind == "neuron":
             group_ns = namespace
             if structure.departures and multiplexed:
-                zeros = np.zeros((layout.rounds, replicas * layer.size))
+                zeros = np.zeros((rows, replicas * layer.size))
                 tables[layer.name] = (
                     b2.TimedArray(zeros * b2.ms, dt=timing.period_ms * b2.ms, name=f"{name}_eps_table"),
                     b2.TimedArray(zeros, dt=timing.period_ms * b2.ms, name=f"{name}_lost_table"))
                 group_ns = {**namespace, "eps_table": tables[layer.name][0], "lost_table": tables[layer.name][1]}
-            group = _hidden_group(net, layer, replicas, spike_timing, clock, group_ns, name, timing, structure, k)
+            group = _hidden_group(net, layer, replicas, spike_timing, clock, group_ns, name, timing, structure, k,
+                                  round_events)
             if net.variant == "exact":
                 monitors[(layer.name, "report")] = b2.EventMonitor(group, "report", variables=["v", "I"],
+                                                                   when="after_resets", order=10 * k + 7,
                                                                    name=f"{name}_report")
         else:
-            group = _output_group(net, layer, replicas, clock, namespace, name, timing, structure)
+            group = _output_group(net, layer, replicas, clock, namespace, name, timing, structure, round_events)
             monitors[(layer.name, "readout")] = b2.EventMonitor(group, "readout", variables=["v"],
                                                                 name=f"{name}_readout")
         if layer.kind != "output":
@@ -180,7 +185,7 @@ def build(plan: Plan, layout: Layout, timing: RoundTiming, spike_timing: str, cl
                 continue  # every weight 0: nothing to build (Brian2 refuses empty Synapses)
             departs = structure.departures and net.layers[proj.source].kind == "neuron"
             synapses[(layer.name, j)] = _synapses(plan, layer, j, groups[proj.source], group, replicas, spike_timing,
-                                                  clock, namespace, k, structure, departs)
+                                                  clock, namespace, k, structure, departs, timing)
     objects = [*groups.values(), *synapses.values(), *monitors.values()]
     built = BuiltNetwork(b2.Network(*objects, name="ttfs_network"), groups, synapses, monitors, table, layout, timing,
                          structure, tables, release_table=release_table)
@@ -198,37 +203,41 @@ def _schedule(group: Any, k: int) -> None:
     group.resetter["spike"].order = 10 * k + 2
 
 
-def _input_group(layer: Layer, replicas: int, spike_timing: str, clock, namespace, table, name: str):
+def _input_group(layer: Layer, replicas: int, spike_timing: str, clock, namespace, table, name: str,
+                 events: dict[str, str]):
     import brian2 as b2
 
     group_ns = namespace if table is None else {**namespace, "t_in_table": table}
     group = b2.NeuronGroup(replicas * layer.size, eq.INPUT_MODEL, threshold=eq.INPUT_THRESHOLD,
-                           reset=eq.INPUT_RESET[spike_timing], clock=clock, namespace=group_ns, name=name)
+                           reset=eq.INPUT_RESET[spike_timing], clock=clock, namespace=group_ns, name=name,
+                           events=dict(events))  # Brian2 adds its 'spike' event to the dict it is given
     group.t_in = eq.NEVER_MS * b2.ms
     return group
 
 
-def _pool_group(layer: Layer, fan_in: np.ndarray, replicas: int, spike_timing: str, clock, namespace, name: str):
+def _pool_group(layer: Layer, fan_in: np.ndarray, replicas: int, spike_timing: str, clock, namespace, name: str,
+                events: dict[str, str]):
     import brian2 as b2
 
     sign = np.repeat(np.asarray(layer.arrays["sign"], dtype=np.float64), layer.size // len(layer.arrays["sign"]))
     need = np.where(sign > 0, 1.0, fan_in.astype(np.float64))  # min pools wait for every valid input
     group = b2.NeuronGroup(replicas * layer.size, eq.POOL_MODEL, threshold=eq.POOL_THRESHOLD,
-                           reset=eq.POOL_RESET[spike_timing], clock=clock, namespace=namespace, name=name)
-    group.t_first = eq.NEVER_MS * b2.ms
-    group.t_last = -eq.NEVER_MS * b2.ms
+                           reset=eq.POOL_RESET[spike_timing], clock=clock, namespace=namespace, name=name,
+                           events=dict(events))
+    group.t_first = group.t_first_next = eq.NEVER_MS * b2.ms
+    group.t_last = group.t_last_next = -eq.NEVER_MS * b2.ms
     group.pool_sign = np.tile(sign, replicas)
     group.need = np.tile(need, replicas)
     return group
 
 
 def _hidden_group(net: TTFSNetwork, layer: Layer, replicas: int, spike_timing: str, clock, namespace, name: str,
-                  timing: RoundTiming, structure: Structure, k: int):
+                  timing: RoundTiming, structure: Structure, k: int, round_events: dict[str, str]):
     import brian2 as b2
 
     params = integrator(net, layer)
     threshold = (eq.EXACT_THRESHOLD if net.variant == "exact" else eq.SPARSE_THRESHOLD)[spike_timing]
-    events = {"report": eq.REPORT_EVENT} if net.variant == "exact" else {}
+    events = {**round_events, **({"report": eq.REPORT_EVENT} if net.variant == "exact" else {})}
     explicit = structure.leak or structure.noise
     model = (eq.SYNAPTIC_INTEGRATOR_MODEL if structure.synaptic else eq.LEAKY_INTEGRATOR_MODEL if explicit
              else eq.INTEGRATOR_MODEL)
@@ -247,6 +256,8 @@ def _hidden_group(net: TTFSNetwork, layer: Layer, replicas: int, spike_timing: s
     elif explicit:
         group.run_regularly(eq.LEAKY_STEP + (eq.NOISE_STEP if structure.noise else ""), when="groups",
                             name=f"{name}_step")
+    if net.variant == "exact":  # after the layer's turn: a crossing in the step that ends at t_min reports too
+        group.set_event_schedule("report", when="after_resets", order=10 * k + 6)
     if structure.departures:
         group.run_on_event("depart", eq.DEPART_RESET, when="after_resets", order=10 * k + 4)
         group.thresholder["depart"].when = "after_resets"
@@ -256,14 +267,16 @@ def _hidden_group(net: TTFSNetwork, layer: Layer, replicas: int, spike_timing: s
     group.alpha = np.tile(params.alpha, replicas)
     group.beta = np.tile(params.beta, replicas)
     group.theta = np.tile(params.theta, replicas)
-    for key in ("t_on", "t_off", "t_late", "t_fire", "t_max", "tau_c"):
-        setattr(group, key, getattr(params, key) * b2.ms)
+    offset = timing.offset_ms(layer.name)  # the group counts time from its own round start
+    for key in ("t_on", "t_off", "t_late", "t_fire", "t_max"):
+        setattr(group, key, (getattr(params, key) - offset) * b2.ms)
+    group.tau_c = params.tau_c * b2.ms
     group.t_end = timing.period_ms * b2.ms
     return group
 
 
 def _output_group(net: TTFSNetwork, layer: Layer, replicas: int, clock, namespace, name: str, timing: RoundTiming,
-                  structure: Structure):
+                  structure: Structure, round_events: dict[str, str]):
     import brian2 as b2
 
     params = integrator(net, layer)
@@ -272,20 +285,27 @@ def _output_group(net: TTFSNetwork, layer: Layer, replicas: int, clock, namespac
     if structure.release:
         model += "\n" + eq.RELEASE_KEY
     group = b2.NeuronGroup(replicas * layer.size, model, method="euler", clock=clock,
-                           events={"readout": eq.END_OF_ROUND}, namespace=namespace, name=name)
+                           events={**round_events, "readout": eq.END_OF_ROUND}, namespace=namespace, name=name)
     if structure.synaptic:
         group.run_regularly(eq.SYNAPTIC_OUTPUT_STEP, when="groups", name=f"{name}_step")
     elif structure.leak:
         group.run_regularly(eq.LEAKY_OUTPUT_STEP, when="groups", name=f"{name}_step")
     group.alpha = np.tile(params.alpha, replicas)
-    for key in ("t_on", "t_off", "tau_c"):
-        setattr(group, key, getattr(params, key) * b2.ms)
+    offset = timing.offset_ms(layer.name)
+    for key in ("t_on", "t_off"):
+        setattr(group, key, (getattr(params, key) - offset) * b2.ms)
+    group.tau_c = params.tau_c * b2.ms
     group.t_end = timing.period_ms * b2.ms
     return group
 
 
+def plan_shift(timing: RoundTiming, source: str, target: str) -> float:
+    """What a spike time of ``source``'s round frame needs added to be in ``target``'s (ms; 0 aligned)."""
+    return timing.offset_ms(source) - timing.offset_ms(target)
+
+
 def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, spike_timing: str, clock, namespace,
-              k: int, structure: Structure, departs: bool):
+              k: int, structure: Structure, departs: bool, timing: RoundTiming):
     """The projection's synapses; from a neuron whose spikes depart (perturbations), on its ``depart`` event,
     with the latency its departure already adds taken off the delay."""
     import brian2 as b2
@@ -294,19 +314,17 @@ def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, s
     departure = "t_dep" if departs else "t_spike"
     event = {"on_event": "depart"} if departs else {}
     delay = proj.delay - (structure.departure_latency if departs else 0.0)
-    # spikes late enough to reach the next round: jittered, quantized or dropped departures, per-synapse delays
-    guard = spike_timing == "precise" and (structure.departures or structure.synapse_delays)
     name = f"{plan.names[layer.name]}__from__{plan.names[proj.source]}"
     repeats = sum(p.source == proj.source for p in layer.projections[:j])
     name += f"_{repeats}" if repeats else ""  # a second projection from the same source
     if layer.kind == "maxpool":
-        syn = b2.Synapses(source, target, model=eq.POOL_SYNAPSE_MODEL, on_pre=eq.on_pre_pool(departure, guard),
+        syn = b2.Synapses(source, target, model=eq.POOL_SYNAPSE_MODEL, on_pre=eq.on_pre_pool(departure),
                           clock=clock,
                           namespace=namespace, delay=delay * b2.ms, name=name, **event)
     else:
         leaky = structure.leak if layer.kind == "output" else structure.leak or structure.noise
         on_pre = eq.on_pre_integrator(spike_timing, departure, leaky=leaky, synaptic=structure.synaptic,
-                                      release=structure.release, guard=guard)
+                                      release=structure.release)
         model = eq.SYNAPSE_MODEL + (eq.RELEASE_SYNAPSE if structure.release else "")
         if structure.synapse_delays:
             model = model.replace(*eq.PER_SYNAPSE_LAG)
@@ -322,22 +340,16 @@ def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, s
     if layer.kind != "maxpool":
         syn.w = weight
     del pre, post, weight  # Brian2 keeps its own copy
-    syn.lag = delay * b2.ms
+    # the arrival in the target's frame: sent in the source's frame, which starts frame_shift earlier
+    syn.lag = (delay + plan_shift(timing, proj.source, layer.name)) * b2.ms
     if layer.kind != "maxpool" and structure.synapse_delays:
         syn.delay = delay * b2.ms
     return syn
 
 
 def _round_reset(group, layer: Layer, timing: RoundTiming, name: str, structure: Structure) -> None:
-    """Reset the per-sample state at the first step of every round.
-
-    Brian2 runs two clocks in the same step only while their times agree to 1e-14 s (absolute); beyond
-    ~64 s of simulated time ``k P`` and ``n dt`` drift further apart, and the reset ran after the first
-    step of some rounds (which then lost their readout). A round clock shorter by 1e-12 relative always
-    runs first: ahead by ~1e-12 t, more than the rounding of t (~1e-16 t) and less than a step (runs
-    have < 1e9 steps). Its code reads the simulation clock's t and dt, so ``round_step`` is the exact
-    step count.
-    """
+    """Rounds (standalone): at each of the group's round starts (:data:`~ttfs_brian.brian.equations.ROUND_EVENT`,
+    slot ``start``, before anything else) reset its per-sample state; its first round starts at its offset."""
     import brian2 as b2
 
     kind = layer.kind
@@ -345,6 +357,17 @@ def _round_reset(group, layer: Layer, timing: RoundTiming, name: str, structure:
     code = eq.ROUND_RESET[role] + ("\n" + eq.ROUND_RESET["departures"] if structure.departures and kind == "neuron"
                                    else "")
     if structure.release and kind in ("neuron", "output"):
-        code += f"\nrelease_key = release_table(t, i // {layer.size})"
-    group.run_regularly(code, dt=timing.period_ms * (1 - ROUND_CLOCK_SHORTENING) * b2.ms, when="start", order=-100,
-                        name=f"{name}_round")
+        code += f"\nrelease_key = release_table(t - t_offset, i // {layer.size})"
+    group.run_regularly(eq.ROUND_CLOCK, when="start", order=-101, name=f"{name}_round_clock")
+    group.run_on_event("round", code, when="start", order=-99)
+    group.thresholder["round"].when = "start"
+    group.thresholder["round"].order = -100
+    offset = timing.offset_steps(layer.name)
+    group.round_steps = timing.steps
+    group.round_step = offset - timing.steps  # so that the first round starts at the offset
+    group.round_index = -1
+    group.t_offset = offset * timing.dt * b2.ms
+    if kind != "output":  # inert until its first round: nothing may fire (or depart) for a round -1
+        group.spiked = True
+        if structure.departures and kind == "neuron":
+            group.departed = True

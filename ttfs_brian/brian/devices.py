@@ -20,6 +20,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import InputError, ToolchainError
+from ..neuron import NEVER_MS
 from . import toolchain
 from .compile_cache import ObjectCache, cache_dir
 
@@ -182,14 +183,19 @@ class StandaloneAdapter:
         import brian2 as b2
 
         rounds = built.layout.rounds
-        run_args = {built.table: t_in_ms.reshape(rounds, -1) * b2.ms}
+
+        def rows(values, fill):  # round k holds samples k R .. k R + R - 1; round K, after them, is silent
+            values = np.asarray(values).reshape(rounds, -1)
+            return np.concatenate([values, np.full((1, values.shape[1]), fill, dtype=values.dtype)])
+
+        run_args = {built.table: rows(t_in_ms, NEVER_MS) * b2.ms}
         run_args.update({_run_arg(obj, name): value for obj, name, value in assignments})
         for layer, (eps, lost) in (tables or {}).items():
             eps_table, lost_table = built.tables[layer]
-            run_args[eps_table] = eps.reshape(rounds, -1)
-            run_args[lost_table] = np.asarray(lost).reshape(rounds, -1)
-        if release_keys is not None:  # sample k R + r of a run is round k of replica r
-            run_args[built.release_table] = np.asarray(release_keys, dtype=np.float64).reshape(rounds, -1)
+            run_args[eps_table] = rows(np.asarray(eps / b2.ms), 0.0) * b2.ms
+            run_args[lost_table] = rows(lost, 0.0)
+        if release_keys is not None:
+            run_args[built.release_table] = rows(np.asarray(release_keys, dtype=np.float64), 0.0)
         self._device.run(directory=str(self.build_dir), with_output=False, run_args=run_args)
         for name in list(self._device.run_args_arrays):  # the input table file is never needed again
             with contextlib.suppress(OSError):

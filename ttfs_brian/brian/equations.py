@@ -77,8 +77,16 @@ def _gate(start: str, stop: str) -> str:
     return f"(clip(tr + dt, {start}, {stop}) - clip(tr, {start}, {stop})) / dt"
 
 
-ROUND_TIME = "tr = (timestep(t, dt) - round_step) * dt : second\nround_step : integer (shared)\n"
-"""Time since the group's round start, in whole steps (see "Rounds" above); part of every model."""
+ROUND_TIME = ("tr = (timestep(t, dt) - round_step) * dt : second\nround_step : integer (shared)\n"
+              "round_index : integer (shared)\nround_steps : integer (constant, shared)\n"
+              "new_round : integer (shared)\n"
+              "t_offset : second (constant, shared)\n")
+"""Time since the group's round start, in whole steps (see "Rounds" above), the round's number (the sample slot
+it works on), the round's length and where the group's rounds start (:class:`~ttfs_brian.brian.layout.RoundTiming`);
+part of every model."""
+SPIKE_ROUND = "spike_round : integer\n"
+"""In a group whose spikes others receive: the round of its last spike, so that a target takes a spike for the
+sample it belongs to (:func:`on_pre_integrator`)."""
 
 
 # ----------------------------------------------------------------------------- integrating neurons
@@ -87,6 +95,7 @@ f_in = {_gate('t_on', 't_off')} : 1
 f_late = {_gate('t_late', 't_never')} : 1
 rate = (alpha + I) * int(tr + dt - tol * dt > t_on) * int(tr + dt - tol * dt < t_off) + beta * int(tr + dt - tol * dt > t_late) : 1
 I : 1
+I_next : 1
 alpha : 1 (constant)
 beta : 1 (constant)
 theta : 1 (constant)
@@ -100,7 +109,7 @@ t_late : second (constant, shared)
 t_fire : second (constant, shared)
 t_max : second (constant, shared)
 t_end : second (constant, shared)
-""" + ROUND_TIME
+""" + ROUND_TIME + SPIKE_ROUND
 
 INTEGRATOR_MODEL = ("dv/dt = ((alpha + I) * f_in + beta * f_late) / tau_c : 1\n"
                     "t_cross = tr + dt - tau_c * (v - theta) / clip(rate, 1e-12, 1e300) : second" + _INTEGRATOR_COMMON)
@@ -160,7 +169,7 @@ SYNAPTIC_RESET = ("d_v = tau_c * (v - theta)\n"
                             for _ in range(NEWTON_STEPS_BRIAN))
                   + "t_raw = (tr + dt - u_c) * int(v >= theta) + t_never * int(v < theta)\n"
                   "t_spike = clip(t_raw, clip(tr - dt, t_fire, t_never), t_max)\n"
-                  "spiked = True")
+                  "spiked = True\nspike_round = round_index")
 """Precise timing of the synaptic neuron: back from ``v(t + dt)`` along the curve of the step's end, ``a u + c u
 exprel(u / tau_s) = tau_c (v - theta)`` (``a = drive_end`` the constant drive, ``c = current_end`` the decaying
 current there), by Newton from the linear guess; a forced spike (``v < theta`` at ``t_max``) is at ``t_max``."""
@@ -169,6 +178,7 @@ OUTPUT_MODEL = f"""
 dv/dt = (alpha + I) * f_in / tau_c : 1
 f_in = {_gate('t_on', 't_off')} : 1
 I : 1
+I_next : 1
 alpha : 1 (constant)
 tau_c : second (constant, shared)
 t_on : second (constant, shared)
@@ -233,8 +243,9 @@ INTEGRATOR_RESET = {
     # Clip: not before the gate (SPEC 3's V(t_min(p)) = 0 start; sparse's firing window) nor before the
     # previous step (a crossing in the step before an off-grid t_fire is detected one step later),
     # not after t_max (the forced spike of ``exact``).
-    "precise": "t_spike = clip(t_cross, clip(tr - dt, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True",
-    "grid": "t_spike = tr\nt_raw = t_cross\nspiked = True",
+    "precise": "t_spike = clip(t_cross, clip(tr - dt, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True\n"
+               "spike_round = round_index",
+    "grid": "t_spike = tr\nt_raw = t_cross\nspiked = True\nspike_round = round_index",
 }
 
 # ----------------------------------------------------------------------------- input layer
@@ -242,12 +253,13 @@ INPUT_MODEL = """
 t_in : second
 t_spike : second
 spiked : boolean
-""" + ROUND_TIME
+""" + ROUND_TIME + SPIKE_ROUND
 """``t_in`` is the spike time of an input neuron, ``t_max(0) - u * tau_c``; it is the only variable
 that changes from batch to batch (through ``run_args`` in standalone mode, no recompilation)."""
 
 INPUT_THRESHOLD = "not spiked and tr + dt >= t_in"
-INPUT_RESET = {"precise": "t_spike = t_in\nspiked = True", "grid": "t_spike = tr\nspiked = True"}
+INPUT_RESET = {"precise": "t_spike = t_in\nspiked = True\nspike_round = round_index",
+               "grid": "t_spike = tr\nspiked = True\nspike_round = round_index"}
 
 # ----------------------------------------------------------------------------- max pool
 POOL_MODEL = """
@@ -256,17 +268,21 @@ need : 1 (constant)
 pool_sign : 1 (constant)
 t_first : second
 t_last : second
+n_in_next : 1
+t_first_next : second
+t_last_next : second
 t_spike : second
 spiked : boolean
-""" + ROUND_TIME
+""" + ROUND_TIME + SPIKE_ROUND
 """``n_in`` counts the pool inputs that have spiked, ``t_first``/``t_last`` are their earliest and
 latest spike times; ``need`` is 1 for a max pool (``pool_sign = +1``: fire with the first input) and
 the number of valid inputs of the window for a min pool (``pool_sign = -1``: fire with the last)."""
 
 POOL_THRESHOLD = "not spiked and n_in >= need"
 POOL_RESET = {
-    "precise": "t_spike = t_first * int(pool_sign > 0) + t_last * int(pool_sign < 0)\nspiked = True",
-    "grid": "t_spike = tr\nspiked = True",
+    "precise": "t_spike = t_first * int(pool_sign > 0) + t_last * int(pool_sign < 0)\nspiked = True\n"
+               "spike_round = round_index",
+    "grid": "t_spike = tr\nspiked = True\nspike_round = round_index",
 }
 
 # ----------------------------------------------------------------------------- synapses
@@ -278,31 +294,32 @@ RELEASE_SYNAPSE = "\nrelease_u : 1 (constant)\nrelease_q : 1 (constant, shared)"
 RELEASE_KEY = "release_key : 1"
 """The sample's key of ``release_failure``, in every group a synapse targets; set at each round start."""
 
-FRESH = "fresh = int({departure}_pre + lag <= tr_post + dt + tol * dt)\n"
-"""Whether a delivered spike belongs to this round. A spike that arrives after its round ended (a jitter or delay
-longer than what is left of the round) is delivered in the next one, where it is a stranger: its arrival time,
-counted from the previous round's start, lies far beyond the current step (a spike of this round arrives within
-the step that delivers it), so it is ignored, as the analytic engine ignores a spike after the readout. Compiled
-in only where spikes can be that late (departures, per-synapse delays)."""
+ROUND_MATCH = ("same = int(spike_round_pre == round_index_post)\n"
+               "ahead = int(spike_round_pre == round_index_post + 1)\n")
+"""Which round a delivered spike belongs to. In its target's round (``same``) it acts; one round ahead (a pipelined
+target that has not begun the spike's sample yet: its inputs can spike before it starts) it waits in ``I_next``,
+which the target's next round starts with (an input before ``t_on`` acts from ``t_on``); from an earlier round (a
+spike jittered or delayed past its target's round, delivered in the next sample) it is ignored, as the analytic
+engine ignores a spike after the readout."""
 
 
 def on_pre_integrator(timing: str, departure: str = "t_spike", leaky: bool = False, synaptic: bool = False,
-                      release: bool = False, guard: bool = False) -> str:
+                      release: bool = False) -> str:
     """I_post += w: the slope from the next step on; v_post += ...: (precise) the part of the current step
     after the arrival ``departure_pre + lag``, inside the target's input gate [t_on, t_off] (with a leak,
     that span is weighted by ``exprel`` as in :data:`LEAKY_STEP`; an exponential current has decayed over it,
     and added ``w tau_s (1 - e^{-span / tau_s})``). With ``release``, a transmission that fails
     (:data:`RELEASE_FAILS`) adds nothing."""
-    weight = "w" + (" * released" if release else "") + (" * fresh" if guard else "")
-    prefix = (RELEASE_FAILS if release else "") + (FRESH.format(departure=departure) if guard else "")
+    weight = "w" + (" * released" if release else "")
+    prefix = (RELEASE_FAILS if release else "") + ROUND_MATCH + f"I_next_post += {weight} * ahead\n"
     if timing == "grid":
-        return f"{prefix}I_post += {weight}"
+        return f"{prefix}I_post += {weight} * same"
     span = f"(clip(tr_post + dt, t_on_post, t_off_post) - clip({departure}_pre + lag, t_on_post, t_off_post))"
     if synaptic:
-        return (f"{prefix}span = {span}\nI_post += {weight} * exp(-span * inv_tau_s_post)\n"
-                f"v_post += {weight} * span * exprel(-span * inv_tau_s_post) / tau_c_post")
+        return (f"{prefix}span = {span}\nI_post += {weight} * same * exp(-span * inv_tau_s_post)\n"
+                f"v_post += {weight} * same * span * exprel(-span * inv_tau_s_post) / tau_c_post")
     gain = f" * exprel(-{span} * inv_tau_m_post)" if leaky else ""
-    return f"{prefix}I_post += {weight}\nv_post += {weight} * {span}{gain} / tau_c_post"
+    return f"{prefix}I_post += {weight} * same\nv_post += {weight} * same * {span}{gain} / tau_c_post"
 
 
 RELEASE_FAILS = "released = int(release_u + release_key_post - floor(release_u + release_key_post) >= release_q)\n"
@@ -310,38 +327,51 @@ RELEASE_FAILS = "released = int(release_u + release_key_post - floor(release_u +
 trial), ``r`` the sample's key (per round, in the target group), ``q`` the level (:mod:`ttfs_brian.perturb`)."""
 
 
-def on_pre_pool(departure: str = "t_spike", guard: bool = False) -> str:
-    """Count the pool's inputs and keep their earliest and latest arrival (``guard``: only this round's,
-    :data:`FRESH`)."""
-    if not guard:
-        return ("n_in_post += 1\n"
-                f"t_first_post = clip({departure}_pre + lag, -t_never, t_first_post)\n"  # min(t_first, arrival)
-                f"t_last_post = clip({departure}_pre + lag, t_last_post, t_never)")  # max(t_last, arrival)
-    return (FRESH.format(departure=departure) + "n_in_post += fresh\n"
-            f"t_first_post = clip({departure}_pre + lag + (1 - fresh) * t_never, -t_never, t_first_post)\n"
-            f"t_last_post = clip({departure}_pre + lag - (1 - fresh) * t_never, t_last_post, t_never)")
+def on_pre_pool(departure: str = "t_spike") -> str:
+    """Count the pool's inputs and keep their earliest and latest arrival: this round's, and (``_next``) those of
+    the next, which can arrive before a pipelined pool begins it (:data:`ROUND_MATCH`)."""
+    arrival = f"{departure}_pre + lag"
+    return ("n_in_post += int(spike_round_pre == round_index_post)\n"
+            + ROUND_MATCH + "n_in_next_post += ahead\n"
+            f"t_first_post = clip({arrival} + (1 - same) * t_never, -t_never, t_first_post)\n"  # min
+            f"t_last_post = clip({arrival} - (1 - same) * t_never, t_last_post, t_never)\n"  # max
+            f"t_first_next_post = clip({arrival} + (1 - ahead) * t_never, -t_never, t_first_next_post)\n"
+            f"t_last_next_post = clip({arrival} - (1 - ahead) * t_never, t_last_next_post, t_never)")
 
 # ----------------------------------------------------------------------------- rounds (time-multiplexing)
 # Every group counts time from its own round start (``tr`` above): a standalone run simulates K
-# samples per replica one after the other, round k in [k P, (k + 1) P). At each round start
-# (``run_regularly``, slot ``start``, before anything else) these statements put every per-sample
-# variable back to its initial value and move ``round_step`` to the round start; the input layer also
-# takes its new spike times from the table (a 2-D ``TimedArray``: rounds x neurons, dt = P).
-NEW_ROUND = "round_step = timestep(t, dt)\n"
+# samples per replica one after the other, a group's round k in [k P + o, (k + 1) P + o) (``o = t_offset``: 0
+# aligned, the layer's integration start pipelined; :class:`~ttfs_brian.brian.layout.RoundTiming`). At each
+# round start (:data:`ROUND_EVENT`) these statements put every per-sample variable back to its initial value
+# (an integrator starts with what arrived ahead of it, ``I_next``), move ``round_step`` to the round start and
+# count the round; the input layer also takes its new spike times from the table (a 2-D ``TimedArray``:
+# rounds x neurons, dt = P, read at the group's own time ``t - t_offset``).
+ROUND_CLOCK = ("new_round = int(timestep(t, dt) >= round_step + round_steps)\n"
+               "round_step = round_step + round_steps * new_round\n"
+               "round_index = round_index + new_round")
+"""Every step (slot ``start``, before anything else), scalar code only: a group's next round starts when its
+round of ``round_steps`` is over; its first one starts at its offset (``round_step`` starts a round earlier)."""
+ROUND_EVENT = "new_round == 1"
+"""The step that starts a round: every neuron of the group resets (a resetter may not write the shared counters,
+hence :data:`ROUND_CLOCK` apart)."""
 ROUND_RESET = {
-    "input": NEW_ROUND + "spiked = False\nt_in = t_in_table(t, i)",
-    "hidden": NEW_ROUND + "v = 0\nI = 0\nspiked = False",
-    "departures": "departed = False\neps = eps_table(t, i)\nlost = lost_table(t, i) > 0.5",
-    "pool": NEW_ROUND + "n_in = 0\nt_first = t_never\nt_last = -t_never\nspiked = False",
-    "output": NEW_ROUND + "v = 0\nI = 0",
+    "input": "spiked = False\nt_in = t_in_table(t - t_offset, i)",
+    "hidden": "v = 0\nI = I_next\nI_next = 0\nspiked = False",
+    "departures": "departed = False\neps = eps_table(t - t_offset, i)\nlost = lost_table(t - t_offset, i) > 0.5",
+    "pool": ("n_in = n_in_next\nt_first = t_first_next\nt_last = t_last_next\nn_in_next = 0\n"
+             "t_first_next = t_never\nt_last_next = -t_never\nspiked = False"),
+    "output": "v = 0\nI = I_next\nI_next = 0",
 }
 
 #: the last step of a round (``t_end`` = P, a multiple of dt): the readout of the output's ``v``
 END_OF_ROUND = "tr > t_end - 1.5 * dt"
 
-#: ``exact`` hidden neurons whose threshold crossing lies before ``t_min`` (``t_late``) report their
-#: final ``v`` and ``I`` at the end of the round, for the clipped/early-firing report
-REPORT_EVENT = END_OF_ROUND + " and spiked and t_raw < t_late - t_eps"
+#: ``exact`` hidden neurons whose threshold crossing lies before ``t_min`` (``t_late``) report ``v`` and ``I`` at
+#: ``t_min`` (the step that ends there), for the clipped/early-firing report: clipped when ``v(t_min)`` is above the
+#: threshold and the potential still rises, i.e. the line from ``t_min`` meets the threshold before it, whatever
+#: arrives later (a jittered input after ``t_min``) and wherever the round ends
+REPORT_EVENT = ("tr + dt > t_late - tol * dt and tr + dt < t_late + 0.5 * dt and spiked and "
+                "t_raw < t_late - t_eps")
 
 
 def spike_monitor_variables(layer_kind: str, variant: str, departures: bool) -> tuple[str, ...]:

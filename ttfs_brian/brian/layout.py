@@ -32,21 +32,84 @@ MAX_STEPS_PER_RUN = 10**9
 
 @dataclass(frozen=True)
 class RoundTiming:
-    """One round: ``steps`` steps of ``dt`` ms, long enough for the readout at ``readout_ms``."""
+    """Rounds of ``steps`` steps of ``dt`` ms; layer ``L``'s round ``k`` starts at step ``k steps + offsets[L]``.
+
+    *Aligned* (every offset 0): a round is a sample's whole latency, up to the readout, and every layer works
+    through all of it. *Pipelined*: TTFS is a wave, each layer busy only from its integration start ``t_on`` to its
+    ``t_max``; a layer's rounds start at its ``t_on`` and last the longest such span (plus what a spike needs to
+    reach its targets), so that layer ``n`` works on sample ``k`` while layer ``n + 1`` still works on sample
+    ``k - 1``, and a batch of ``K`` rounds lasts ``K`` short periods plus the latency once. A spike carries the
+    round it belongs to (``spike_round``): delivered early, before its target's round began, it waits in
+    ``I_next``; late, after it ended, it is ignored (:mod:`ttfs_brian.brian.equations`)."""
 
     dt: float
     steps: int
+    offsets: tuple[tuple[str, int], ...] = ()
 
     @property
     def period_ms(self) -> float:
         return self.steps * self.dt
 
+    def offset_steps(self, layer: str) -> int:
+        return dict(self.offsets).get(layer, 0)
 
-def round_timing(readout_ms: float, dt: float, latency_steps: int) -> RoundTiming:
-    """Simulated time per sample: up to the readout (the output's ``t_min``), ``latency_steps`` more (grid
-    timing: up to one step of latency per layer, so that every late spike is recorded) and the readout step."""
-    duration = readout_ms + (latency_steps + 1) * dt
-    return RoundTiming(dt, int(math.ceil(duration / dt - 1e-9)))
+    def offset_ms(self, layer: str) -> float:
+        return self.offset_steps(layer) * self.dt
+
+    def run_steps(self, rounds: int) -> int:
+        """Steps until every layer has finished round ``rounds - 1``."""
+        return (rounds - 1) * self.steps + max([0, *(o for _, o in self.offsets)]) + self.steps
+
+    @property
+    def pipelined(self) -> bool:
+        return any(o for _, o in self.offsets)
+
+
+def round_timing(net, dt: float, latency_steps: int, pipelined: bool = False, departures: bool = False) -> RoundTiming:
+    """The rounds of ``net`` (windows in ms; see :class:`RoundTiming`). Aligned: up to the readout (the output's
+    ``t_min``), ``latency_steps`` more (grid timing: up to one step of latency per layer, so that every late spike is
+    recorded) and the readout step. Pipelined: an integrating layer starts at its integration start ``t_on``, a max
+    pool at its window's start (an input spiking earlier, early firing, waits for it), the input at 0; a round holds
+    the layer's work up to its own end (``t_max``, the readout) and the :func:`~ttfs_brian.coding.horizon` of its
+    spikes, and the span of its spikes plus their delay (a source's spike time is read when the spike arrives, so
+    it must not spike again before), with the same margin; with ``departures`` (spikes that leave late, jittered or
+    quantized) a neuron's round also holds its last departure that can still act."""
+    from ..coding import horizon
+
+    def steps(ms: float) -> int:
+        return int(math.ceil(ms / dt - 1e-9))
+
+    margin = latency_steps + 1
+    readout = net.output_layer.t_min
+    if not pipelined:
+        return RoundTiming(dt, steps(readout) + margin)
+    start: dict[str, int] = {}
+    need = 1
+    for layer in net.layers.values():
+        if layer.kind == "input":
+            start[layer.name], first = 0, 0.0
+        elif layer.kind == "maxpool":
+            start[layer.name] = int(math.floor(layer.t_min / dt + 1e-9))
+            first = start[layer.name] * dt  # an input that came early fires it at the round's start
+        else:
+            t_on = min(net.layers[p.source].t_min + p.delay for p in layer.projections)
+            start[layer.name] = int(math.floor(t_on / dt + 1e-9))
+            first = t_on if net.variant == "exact" else layer.t_min
+        # the layer's own last event: a neuron's t_max (or, when spikes leave late, jittered or quantized, the last
+        # departure that still acts downstream), the readout, and for what relays (the input, a pool) the last spike
+        # that still acts downstream
+        if layer.kind == "output":
+            last = readout
+        elif layer.kind == "neuron" and not departures:
+            last = layer.t_max
+        else:
+            last = max(layer.t_max, horizon(net, layer))
+        need = max(need, steps(last) - start[layer.name] + margin)
+        for target in net.layers.values():  # a spike is read when it arrives: the layer must not spike again first
+            for proj in target.projections:
+                if proj.source == layer.name:
+                    need = max(need, steps(last + proj.delay) - int(math.floor(first / dt + 1e-9)) + margin)
+    return RoundTiming(dt, need, tuple(start.items()))
 
 
 @dataclass(frozen=True)

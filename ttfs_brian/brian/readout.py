@@ -46,15 +46,16 @@ class Collector:
             sample, neuron, values = _events(built, layer.name, size, "spikes", *names)
             recorded = dict(zip(names, values))
             flat = (offset + sample) * size + neuron
+            frame = built.timing.offset_ms(name)  # the group's round starts this much after its sample's
             if "lost" in recorded:
                 self.lost[name].append(flat[recorded["lost"].astype(bool)])
-            self.raw[name][flat] = recorded["t_spike"] * 1e3  # Brian2 stores seconds
+            self.raw[name][flat] = recorded["t_spike"] * 1e3 + frame  # Brian2 stores seconds
             if "t_raw" in recorded:
-                self.crossed[name].append(flat[recorded["t_raw"] * 1e3 < layer.t_min - eq.TIME_EPS_MS])
+                self.crossed[name].append(flat[recorded["t_raw"] * 1e3 + frame < layer.t_min - eq.TIME_EPS_MS])
             if first:
                 in_sample_0 = sample == 0
                 self.meta.setdefault("spike_monitor", {})[name] = (neuron[in_sample_0],
-                                                                    recorded["t_spike"][in_sample_0] * 1e3)
+                                                                    recorded["t_spike"][in_sample_0] * 1e3 + frame)
             if (name, "report") in built.monitors:  # exact: the neurons that crossed before t_min (= t_late)
                 sample, neuron, (v, current) = _events(built, layer.name, size, "report", "v", "I")
                 reported = (offset + sample) * size + neuron
@@ -65,7 +66,8 @@ class Collector:
             for (name, kind), monitor in built.monitors.items():
                 if kind == "trace":
                     t, v = (np.asarray(monitor.variables[key].get_value()) for key in ("t", "v"))
-                    in_round_0 = t * 1e3 < period - 0.5 * built.timing.dt  # sample 0 is round 0
+                    start = built.timing.offset_ms(name)  # sample 0 is every group's round 0
+                    in_round_0 = (t * 1e3 > start - 0.5 * built.timing.dt) & (t * 1e3 < start + period - 0.5 * built.timing.dt)
                     self.meta.setdefault("traces", {})[name] = (t[in_round_0] * 1e3, np.asarray(v)[in_round_0].T.copy())
 
     def result(self, n: int, input_clipped: np.ndarray, spike_timing: str, dt: float, period_ms: float,
@@ -95,7 +97,7 @@ class Collector:
             if leak and net.variant == "exact":
                 early |= clipped
                 clipped[:] = False
-            times[layer.name] = observed(net, values.reshape(n, *layer.shape))
+            times[layer.name] = observed(net, layer, values.reshape(n, *layer.shape))
             clipped_n, early_n = (mask.reshape(n, -1).sum(axis=1) for mask in (clipped, early))
             worst = 0.0 if bound is None else float(bound.spike_ms[layer.name].max())
             lost = input_lost if layer.kind == "input" else sum(
@@ -123,18 +125,17 @@ class Collector:
         if net.variant != "exact":
             clipped[before] = True
             return clipped, early
-        # Clipped: the closed-form crossing (all inputs arrived, the line of the final slope) lies before
-        # t_min; early: the true crossing does, but the closed form does not. A crossing at or after t_min
-        # has the final slope already, so only neurons that crossed before t_min can be either (they alone
-        # report v and I at the round end).
+        # Clipped: v(t_min) lies above theta while the potential still rises (the line from t_min meets theta
+        # before it, events._above_at_t_min); early: the neuron crossed before t_min all the same. Only neurons
+        # that crossed before t_min can be either; they alone report v and I at t_min (eq.REPORT_EVENT).
         early[before] = True
         params = integrator(net, layer)
-        for flat, v, current in self.reports[layer.name]:
+        for flat, v, current in self.reports[layer.name]:  # v and I at t_min
             keep = flat < count
             flat, v, current = flat[keep], v[keep], current[keep]
             neuron = flat % layer.size
-            rate = params.alpha[neuron] + params.beta[neuron] + current
-            closed = period_ms - net.tau_c * (v - params.theta[neuron]) / np.where(rate > 0, rate, np.nan)
+            rate = params.alpha[neuron] + params.beta[neuron] + current  # from t_min on (padding included)
+            closed = layer.t_min - net.tau_c * (v - params.theta[neuron]) / np.where(rate > 0, rate, np.nan)
             clipped[flat] = np.nan_to_num(closed, nan=np.inf) < layer.t_min - eq.TIME_EPS_MS
         clipped &= early
         early &= ~clipped
@@ -147,11 +148,14 @@ def _events(built: BuiltNetwork, layer: str, size: int, kind: str, *names: str):
     monitor = built.monitors[(layer, kind)]
     index, t, *values = (np.asarray(monitor.variables[name].get_value()) for name in ("i", "t", *names))
     period = built.timing.period_ms
-    rounds = (t * 1e3 / period + 0.5 * built.timing.dt / period).astype(np.int64)  # t >= 0: truncation is floor
+    since = t * 1e3 - built.timing.offset_ms(layer)  # >= 0 from the group's first round on
+    rounds = np.floor(since / period + 0.5 * built.timing.dt / period).astype(np.int64)
     replica = index // size
     neuron = index - replica * size
-    if rounds.size and (rounds.max() >= built.layout.rounds or replica.max() >= built.layout.replicas):
-        raise RuntimeError(f"internal error: layer {layer!r} recorded an event in round {rounds.max()} / replica "
-                           f"{replica.max()} of a run with {built.layout.rounds} rounds and {built.layout.replicas} "
-                           "replicas")
-    return rounds * built.layout.replicas + replica, neuron.astype(np.int64), values
+    if rounds.size and replica.max() >= built.layout.replicas:
+        raise RuntimeError(f"internal error: layer {layer!r} recorded an event in replica {replica.max()} of a run "
+                           f"with {built.layout.replicas} replicas")
+    # a pipelined layer waits for its first round (its readout still ends the round before it), and may begin a
+    # round after the batch's last (silent inputs: an exact neuron still fires when forced): no sample's events
+    keep = (rounds >= 0) & (rounds < built.layout.rounds)
+    return (rounds * built.layout.replicas + replica)[keep], neuron[keep].astype(np.int64), [v[keep] for v in values]

@@ -130,12 +130,17 @@ def assignments(built: BuiltNetwork, values: RunValues) -> list[tuple[Any, str, 
             obj = built.synapses.get((layer, int(k)))
             if obj is None:  # a projection without synapses
                 continue
+            if name == "lag":  # in the target's round frame, as the builder's (pipelined rounds start apart)
+                source = values.network.layers[layer].projections[int(k)].source
+                array = array + built.timing.offset_ms(source) - built.timing.offset_ms(layer)
         else:
             obj = built.groups[key]
         array = np.tile(array, replicas)
         out.append((obj, name, array * b2.ms if VARIABLE_UNITS.get(name) == "ms" else array))
     for (key, name), value in values.shared.items():
         unit = SHARED_UNITS[name]
+        if name == "q_origin":  # a window's start, in the group's round frame
+            value = value - built.timing.offset_ms(key)
         quantity = bool(value) if unit == "bool" else value / b2.ms if unit == "1/ms" else (
             value * b2.ms if unit == "ms" else value)
         if "#" in key:

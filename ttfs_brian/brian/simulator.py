@@ -78,6 +78,11 @@ class Simulator:
         Perturbations (:mod:`ttfs_brian.perturb`) the compiled network must support, so that runs with
         them, at any level and seed, reuse one binary; a run needing more rebuilds (and logs it). By default
         the first run's perturbations decide.
+    pipeline:
+        Standalone devices: each layer's rounds start at its integration start and last its busy span, so the
+        samples of a run flow through the layers like a wave (:class:`~ttfs_brian.brian.layout.RoundTiming`);
+        ``False`` keeps the aligned rounds, every layer working through each sample's whole latency. Default:
+        pipelined where rounds follow one another (standalone devices).
     """
 
     def __init__(self, net: TTFSNetwork, device: str = "runtime", timing: str = "precise", dt: float | None = 0.01,
@@ -87,7 +92,7 @@ class Simulator:
                  rounds: int | None = None, max_spikes_per_run: int = layout.DEFAULT_MAX_SPIKES_PER_RUN,
                  record_v: dict[str, Any] | None = None,
                  setup: Callable[[BuiltNetwork], Iterable[Any]] | None = None,
-                 perturbations: Iterable[Perturbation] | None = None) -> None:
+                 perturbations: Iterable[Perturbation] | None = None, pipeline: bool | None = None) -> None:
         if timing not in eq.TIMINGS:
             raise InputError(f"unknown timing {timing!r}; choose one of {eq.TIMINGS}")
         dt = net.dt if dt is None else dt
@@ -110,6 +115,9 @@ class Simulator:
         self.requested_rounds = None if rounds is None else int(rounds)
         self.record_v = {key: [int(i) for i in np.atleast_1d(value)] for key, value in (record_v or {}).items()}
         self.setup = setup
+        if pipeline and not self.adapter.multiplexed:
+            raise InputError("pipeline=True needs a standalone device: the runtime device simulates one round")
+        self.pipelined = self.adapter.multiplexed if pipeline is None else bool(pipeline)
         self.structure = structure_for(perturb.as_list(perturbations))
         self.plan = builder.plan(net)
         self.round_timing = self._round_timing()
@@ -222,7 +230,8 @@ class Simulator:
             # (1e-14 s) of K P and dragged the simulation clock into an extra step, in which the inputs of
             # the first step fired again for a round that does not exist.
             built_s = time.perf_counter() - started
-            self._compile_s = self.adapter.build(built.network, plan.rounds * self.period_ms() - 0.5 * self.dt)
+            self._compile_s = self.adapter.build(built.network, self.round_timing.run_steps(plan.rounds) * self.dt
+                                                 - 0.5 * self.dt)
         self._build_s = built_s
         self.compilations += 1
         self.built = built
@@ -293,5 +302,9 @@ class Simulator:
     def _round_timing(self) -> layout.RoundTiming:
         net = perturb.with_latency(self.net, self.structure.latency) if self.structure.latency else self.net
         latency = 0 if self.timing == "precise" else len(net.layers) + 1
-        return layout.round_timing(net.output_layer.t_min, self.dt, latency)
+        aligned = layout.round_timing(net, self.dt, latency)
+        if not self.pipelined:
+            return aligned
+        piped = layout.round_timing(net, self.dt, latency, pipelined=True, departures=self.structure.departures)
+        return piped if piped.steps < aligned.steps else aligned  # a wave needs rounds shorter than the latency
 

@@ -34,7 +34,7 @@ class _PoolOrderFilter(logging.Filter):
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "n_in_post += 1" not in record.getMessage()
+        return "n_in_post +=" not in record.getMessage()
 
 
 class _TableGridFilter(logging.Filter):
@@ -173,7 +173,7 @@ def configure_cuda(compute_capability: float | None = None) -> None:
 HOT_CODE = re.compile(r"_pre_codeobject|_stateupdater_codeobject|_thresholder_codeobject|_step_codeobject")
 """Code objects that loop over all neurons or synapses every step: compiled with ``-O3``. The others (set-up,
 resets, monitors, round starts, spike queues, ``after_run_*``) run rarely or over few elements: ``-O1``."""
-ROUND_CODE = re.compile(r"_round_codeobject")
+ROUND_CODE = re.compile(r"_round_resetter_codeobject|_round_clock_codeobject")
 """Round starts: the only code objects that read the per-round tables, whose period Brian2 writes into the code
 as a literal; in a unit of their own, a network with other windows recompiles only that one."""
 SETUP_SOURCES = ("network.cpp", "run.cpp")
