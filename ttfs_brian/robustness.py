@@ -242,8 +242,9 @@ def describe(summary: pd.DataFrame, rows: pd.DataFrame) -> str:
         engines = []
         for engine, part in by_model.groupby("engine"):
             noisy = part[part["kind"].map(is_random)]
-            n = int(noisy["trials"].max()) if len(noisy) else 0
-            trials = f", {n} trial{'s' if n > 1 else ''} per level" if n else ""
+            low, high = (int(noisy["trials"].min()), int(noisy["trials"].max())) if len(noisy) else (0, 0)
+            span = f"{low}" if low == high else f"{low} to {high}"  # resumed studies can mix trial counts
+            trials = f", {span} trial{'s' if high > 1 else ''} per level" if high else ""
             name = "analytic" if engine == "analytic" else "Brian2 (cpp_standalone, precise timing)"
             engines.append(f"{name} on {int(part['samples'].max())} test samples{trials}")
         models.append(f"{model} ({dataset}): " + "; ".join(engines))
