@@ -46,7 +46,6 @@ from .layout import Layout, RoundTiming
 from .structure import Structure
 
 
-
 @dataclass(frozen=True)
 class Plan:
     """What the builder needs that does not depend on Brian2: object names and, per projection, its synapse
@@ -299,11 +298,6 @@ def _output_group(net: TTFSNetwork, layer: Layer, replicas: int, clock, namespac
     return group
 
 
-def plan_shift(timing: RoundTiming, source: str, target: str) -> float:
-    """What a spike time of ``source``'s round frame needs added to be in ``target``'s (ms; 0 aligned)."""
-    return timing.offset_ms(source) - timing.offset_ms(target)
-
-
 def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, spike_timing: str, clock, namespace,
               k: int, structure: Structure, departs: bool, timing: RoundTiming):
     """The projection's synapses; from a neuron whose spikes depart (perturbations), on its ``depart`` event,
@@ -341,7 +335,7 @@ def _synapses(plan: Plan, layer: Layer, j: int, source, target, replicas: int, s
         syn.w = weight
     del pre, post, weight  # Brian2 keeps its own copy
     # the arrival in the target's frame: sent in the source's frame, which starts frame_shift earlier
-    syn.lag = (delay + plan_shift(timing, proj.source, layer.name)) * b2.ms
+    syn.lag = (delay + timing.shift_ms(proj.source, layer.name)) * b2.ms
     if layer.kind != "maxpool" and structure.synapse_delays:
         syn.delay = delay * b2.ms
     return syn

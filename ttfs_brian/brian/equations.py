@@ -87,6 +87,8 @@ part of every model."""
 SPIKE_ROUND = "spike_round : integer\n"
 """In a group whose spikes others receive: the round of its last spike, so that a target takes a spike for the
 sample it belongs to (:func:`on_pre_integrator`)."""
+FIRED = "spiked = True\nspike_round = round_index"
+"""The end of every reset: the neuron has fired, in the round it works on."""
 
 
 # ----------------------------------------------------------------------------- integrating neurons
@@ -169,7 +171,7 @@ SYNAPTIC_RESET = ("d_v = tau_c * (v - theta)\n"
                             for _ in range(NEWTON_STEPS_BRIAN))
                   + "t_raw = (tr + dt - u_c) * int(v >= theta) + t_never * int(v < theta)\n"
                   "t_spike = clip(t_raw, clip(tr - dt, t_fire, t_never), t_max)\n"
-                  "spiked = True\nspike_round = round_index")
+                  + FIRED)
 """Precise timing of the synaptic neuron: back from ``v(t + dt)`` along the curve of the step's end, ``a u + c u
 exprel(u / tau_s) = tau_c (v - theta)`` (``a = drive_end`` the constant drive, ``c = current_end`` the decaying
 current there), by Newton from the linear guess; a forced spike (``v < theta`` at ``t_max``) is at ``t_max``."""
@@ -243,9 +245,8 @@ INTEGRATOR_RESET = {
     # Clip: not before the gate (SPEC 3's V(t_min(p)) = 0 start; sparse's firing window) nor before the
     # previous step (a crossing in the step before an off-grid t_fire is detected one step later),
     # not after t_max (the forced spike of ``exact``).
-    "precise": "t_spike = clip(t_cross, clip(tr - dt, t_fire, t_never), t_max)\nt_raw = t_cross\nspiked = True\n"
-               "spike_round = round_index",
-    "grid": "t_spike = tr\nt_raw = t_cross\nspiked = True\nspike_round = round_index",
+    "precise": "t_spike = clip(t_cross, clip(tr - dt, t_fire, t_never), t_max)\nt_raw = t_cross\n" + FIRED,
+    "grid": "t_spike = tr\nt_raw = t_cross\n" + FIRED,
 }
 
 # ----------------------------------------------------------------------------- input layer
@@ -258,8 +259,7 @@ spiked : boolean
 that changes from batch to batch (through ``run_args`` in standalone mode, no recompilation)."""
 
 INPUT_THRESHOLD = "not spiked and tr + dt >= t_in"
-INPUT_RESET = {"precise": "t_spike = t_in\nspiked = True\nspike_round = round_index",
-               "grid": "t_spike = tr\nspiked = True\nspike_round = round_index"}
+INPUT_RESET = {"precise": "t_spike = t_in\n" + FIRED, "grid": "t_spike = tr\n" + FIRED}
 
 # ----------------------------------------------------------------------------- max pool
 POOL_MODEL = """
@@ -280,9 +280,8 @@ the number of valid inputs of the window for a min pool (``pool_sign = -1``: fir
 
 POOL_THRESHOLD = "not spiked and n_in >= need"
 POOL_RESET = {
-    "precise": "t_spike = t_first * int(pool_sign > 0) + t_last * int(pool_sign < 0)\nspiked = True\n"
-               "spike_round = round_index",
-    "grid": "t_spike = tr\nspiked = True\nspike_round = round_index",
+    "precise": "t_spike = t_first * int(pool_sign > 0) + t_last * int(pool_sign < 0)\n" + FIRED,
+    "grid": "t_spike = tr\n" + FIRED,
 }
 
 # ----------------------------------------------------------------------------- synapses
@@ -331,8 +330,7 @@ def on_pre_pool(departure: str = "t_spike") -> str:
     """Count the pool's inputs and keep their earliest and latest arrival: this round's, and (``_next``) those of
     the next, which can arrive before a pipelined pool begins it (:data:`ROUND_MATCH`)."""
     arrival = f"{departure}_pre + lag"
-    return ("n_in_post += int(spike_round_pre == round_index_post)\n"
-            + ROUND_MATCH + "n_in_next_post += ahead\n"
+    return (ROUND_MATCH + "n_in_post += same\nn_in_next_post += ahead\n"
             f"t_first_post = clip({arrival} + (1 - same) * t_never, -t_never, t_first_post)\n"  # min
             f"t_last_post = clip({arrival} - (1 - same) * t_never, t_last_post, t_never)\n"  # max
             f"t_first_next_post = clip({arrival} + (1 - ahead) * t_never, -t_never, t_first_next_post)\n"

@@ -56,6 +56,10 @@ class RoundTiming:
     def offset_ms(self, layer: str) -> float:
         return self.offset_steps(layer) * self.dt
 
+    def shift_ms(self, source: str, target: str) -> float:
+        """What a time in ``source``'s round frame needs added to be in ``target``'s (0 aligned)."""
+        return self.offset_ms(source) - self.offset_ms(target)
+
     def run_steps(self, rounds: int) -> int:
         """Steps until every layer has finished round ``rounds - 1``."""
         return (rounds - 1) * self.steps + max([0, *(o for _, o in self.offsets)]) + self.steps

@@ -132,7 +132,7 @@ def assignments(built: BuiltNetwork, values: RunValues) -> list[tuple[Any, str, 
                 continue
             if name == "lag":  # in the target's round frame, as the builder's (pipelined rounds start apart)
                 source = values.network.layers[layer].projections[int(k)].source
-                array = array + built.timing.offset_ms(source) - built.timing.offset_ms(layer)
+                array = array + built.timing.shift_ms(source, layer)
         else:
             obj = built.groups[key]
         array = np.tile(array, replicas)

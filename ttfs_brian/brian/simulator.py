@@ -172,6 +172,11 @@ class Simulator:
         return self.round_timing.steps
 
     @property
+    def build_s(self) -> float:
+        """Seconds spent constructing the Brian2 objects of the network (before code generation)."""
+        return self._build_s
+
+    @property
     def compile_s(self) -> float:
         """Seconds spent generating and compiling standalone code (0 for runtime)."""
         return self._compile_s

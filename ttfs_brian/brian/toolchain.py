@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import platform
 import re
 import shutil
 import signal
@@ -126,7 +127,8 @@ def configure_cuda(compute_capability: float | None = None) -> None:
     """brian2cuda preferences so that ``cuda_standalone`` code also builds where no GPU is visible.
 
     Without ``nvidia-smi`` (no GPU) GPU detection is switched off and ``compute_capability`` (default
-    9.0) and ``gpu_id`` 0 are set. Loop-invariant hoisting is off (see below). nvcc gets ``-std=c++17`` (Brian2's headers need it). When the
+    9.0) and ``gpu_id`` 0 are set, and the host code is compiled for any x86-64-v2 CPU, not this one's
+    extensions (the binary runs elsewhere). Loop-invariant hoisting is off (see below). nvcc gets ``-std=c++17`` (Brian2's headers need it). When the
     ``nvidia-curand`` wheel is installed, its ``curand.h`` goes on the include path and a private
     folder with a ``libcurand.so`` link to the wheel's ``libcurand.so.10`` on the library path.
     """
@@ -145,8 +147,11 @@ def configure_cuda(compute_capability: float | None = None) -> None:
         ["-std=c++17"]
     # Brian2 runs `make -j` unbounded: one nvcc per code object at once, about 1 GB each (Thrust templates)
     b2.prefs.devices.cpp_standalone.extra_make_args_unix = [f"-j{os.cpu_count() or 1}"]
-    gcc_flags = b2.prefs.codegen.cpp.extra_compile_args_gcc
-    b2.prefs.codegen.cpp.extra_compile_args_gcc = [f for f in gcc_flags if not f.startswith("-std=")] + ["-std=c++17"]
+    gcc_flags = [f for f in b2.prefs.codegen.cpp.extra_compile_args_gcc if not f.startswith("-std=")] + ["-std=c++17"]
+    if backend.detect_gpus is False and platform.machine() == "x86_64":
+        # built where no GPU is visible, the binary runs on another machine, whose CPU may lack this one's extensions
+        gcc_flags = [f for f in gcc_flags if not f.startswith("-march=")] + ["-march=x86-64-v2"]
+    b2.prefs.codegen.cpp.extra_compile_args_gcc = gcc_flags
     try:
         import nvidia.curand as curand_wheel
     except ImportError:
