@@ -286,6 +286,12 @@ def test_the_breaking_point_search_runs_resumes_and_reports(tmp_path):
     assert set(map(tuple, again[KEY].astype(str).values)) == set(map(tuple, rows[KEY].astype(str).values))
     write_report(again, tmp_path)
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "breaking_points.csv"), points)
+    # an incomplete level (one trial of two) of a variant this study leaves out is not this study's to complete
+    stored = pd.read_csv(tmp_path / "rows.csv")
+    jittered = stored[stored["kind"] == "spike_jitter"].iloc[[-1]]
+    jittered.assign(variant="exact", trial=0).to_csv(tmp_path / "rows.csv", mode="a", header=False, index=False)
+    run_study(study, tmp_path / "rows.csv", workers=1)
+    assert rows_in(tmp_path / "rows.csv") == len(stored) + 1
 
 
 def write_user_model(folder: Path) -> float:

@@ -542,7 +542,7 @@ def _search(study: Study, store: RowStore, cluster: "_Cluster") -> None:
         rows = store.read()
         present = {((names[(r.model, r.dataset)], r.engine, r.variant, r.kind), float(r.level))
                    for r in rows.itertuples() if (r.model, r.dataset) in names and r.engine in study.breaking_points
-                   and r.kind in study.kinds}
+                   and r.variant in study.variants and r.kind in study.kinds}
         missing = [c for group, level in sorted(present) for c in study.level_cells(*group, level, sizes)
                    if not store.has(c.key)]
         if missing:
