@@ -282,14 +282,15 @@ def read(args: argparse.Namespace) -> None:
                "cpu": next((line.split(":", 1)[1].strip() for line in gpu if line.startswith("model name")), "")}
         log.info("%s", row)
         if store.has(row):
-            log.warning("%s: a row with this key is already in %s; not written (delete it to replace it)", tag, args.out)
+            log.warning("%s: a row with this key is already in %s; not written (delete it to replace it)", tag,
+                        args.out)
         else:
             store.append(row)
     log.info("wrote %s\n%s", args.out, store.read().to_string(index=False))
 
 
-COLUMNS = ["model", "variant", "device", "dt", "images", "replicas", "rounds", "layout", "period_ms", "synapses_per_sample",
-           "code_objects", "generate_s", "compile_s", "repeats", "run_per_image_ms", "wall_per_image_ms",
+COLUMNS = ["model", "variant", "device", "dt", "images", "replicas", "rounds", "layout", "period_ms",
+           "synapses_per_sample", "code_objects", "generate_s", "compile_s", "repeats", "run_per_image_ms", "wall_per_image_ms",
            "wall_s_max", "analytic_per_image_ms", "max_abs_dt_ms", "spikes_only_brian2", "spikes_only_analytic",
            "logit_max_rel_err", "agreement_with_analytic", "accuracy", "flagged_samples", "gpu", "cpu"]
 KEY = ["model", "variant", "device", "dt", "images", "replicas", "gpu"]

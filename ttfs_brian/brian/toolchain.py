@@ -128,9 +128,9 @@ def configure_cuda(compute_capability: float | None = None) -> None:
 
     Without ``nvidia-smi`` (no GPU) GPU detection is switched off and ``compute_capability`` (default
     9.0) and ``gpu_id`` 0 are set, and the host code is compiled for any x86-64-v2 CPU, not this one's
-    extensions (the binary runs elsewhere). Loop-invariant hoisting is off (see below). nvcc gets ``-std=c++17`` (Brian2's headers need it). When the
-    ``nvidia-curand`` wheel is installed, its ``curand.h`` goes on the include path and a private
-    folder with a ``libcurand.so`` link to the wheel's ``libcurand.so.10`` on the library path.
+    extensions (the binary runs elsewhere). Loop-invariant hoisting is off (see below). nvcc gets ``-std=c++17``
+    (Brian2's headers need it). When the ``nvidia-curand`` wheel is installed, its ``curand.h`` goes on the include
+    path and a private folder with a ``libcurand.so`` link to the wheel's ``libcurand.so.10`` on the library path.
     """
     import brian2 as b2
 
