@@ -16,7 +16,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from ttfs_brian.study import Study, run_study, write_report
+from ttfs_brian.study import REFERENCE_KINDS, Study, run_study, write_report
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "robustness"
 MODELS = ["lenet5_mnist5k", "vgg_small_mnist5k", "resnet8_mnist5k"]
@@ -26,6 +26,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=MODELS)
     parser.add_argument("--engines", nargs="*", default=["analytic", "brian2"])
+    parser.add_argument("--variants", nargs="+", default=["exact", "sparse"], choices=["exact", "sparse"])
+    parser.add_argument("--kinds", nargs="+", default=list(REFERENCE_KINDS), choices=list(REFERENCE_KINDS))
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--scheduler", help="an existing Dask scheduler (tcp://HOST:PORT)")
     parser.add_argument("--trials", type=int, default=16)
@@ -41,12 +43,17 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     rows = None
     for model in args.models:
-        study = Study(models=[model], engines=args.engines, trials=args.trials, brian_samples=args.brian_samples,
-                      brian_trials=args.brian_trials, samples=args.samples,
+        study = Study(models=[model], engines=args.engines, variants=args.variants,
+                      kinds={kind: REFERENCE_KINDS[kind] for kind in args.kinds}, trials=args.trials,
+                      brian_samples=args.brian_samples, brian_trials=args.brian_trials, samples=args.samples,
                       breaking_points=[] if args.no_search else ["analytic"])
         rows = run_study(study, args.out / "rows.csv", scheduler=args.scheduler, workers=args.workers)
     logging.info("wrote %s", write_report(rows, args.out, commands=[
         "python experiments/robustness.py   # this folder: LeNet-5, VGG-small, ResNet-8 (resumes from rows.csv)",
+        "python experiments/robustness.py --models resnet8_mnist5k --trials 4 --workers 1   # ResNet-8 as run here "
+        "(4 trials; a worker needs up to 9.5 GiB)",
+        "python experiments/robustness.py --models resnet8_mnist5k --engines analytic --variants exact --kinds "
+        "spike_jitter zeta --trials 1 --workers 1   # its last searches, one trial per new level (cells of 2-15 min)",
         "ttfs-brian sweep --find-breaking-point   # SPEC's grid and the breaking points on LeNet-5 (local cluster)",
         "ttfs-brian sweep --scheduler tcp://HOST:PORT   # on an existing Dask cluster"],
         searched=[] if args.no_search else ["analytic"]))
