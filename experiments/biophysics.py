@@ -25,30 +25,41 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--trials", type=int, default=4)
+    parser.add_argument("--models", nargs="+", default=["lenet5_mnist5k", "vgg_small_mnist5k", "resnet8_mnist5k"])
+    parser.add_argument("--engines", nargs="+", default=["analytic", "brian2"], choices=["analytic", "brian2"],
+                        help="Brian2 twins LeNet-5 only")
+    parser.add_argument("--samples", type=int, help="LeNet-5's test digits (default: all 1,000)")
     parser.add_argument("--small-samples", type=int, default=300, help="test digits of VGG-small and ResNet-8")
+    parser.add_argument("--no-search", action="store_true", help="the grid only, no breaking-point search")
+    parser.add_argument("--no-compensation", action="store_true", help="skip the compensated LeNet-5 rows")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
     kinds = {kind: dict(spec) for kind, spec in BIOPHYSICAL_KINDS.items()}
-    studies = [Study(models=["lenet5_mnist5k"], engines=["analytic", "brian2"], kinds=kinds, trials=args.trials,
-                     brian_trials=args.trials, breaking_points=["analytic"])]
-    studies += [Study(models=[model], engines=["analytic"], kinds=kinds, trials=args.trials, samples=args.small_samples)
-                for model in ("vgg_small_mnist5k", "resnet8_mnist5k")]
+    searched = [] if args.no_search else ["analytic"]
+    studies = [Study(models=[model], engines=args.engines if model == "lenet5_mnist5k" else ["analytic"], kinds=kinds,
+                     trials=args.trials, brian_trials=args.trials,
+                     samples=args.samples if model == "lenet5_mnist5k" else args.small_samples,
+                     breaking_points=searched if model == "lenet5_mnist5k" else [])
+               for model in args.models]
     out = args.out / "biophysics"
     out.mkdir(parents=True, exist_ok=True)
     for study in studies:
         rows = run_study(study, out / "rows.csv", workers=args.workers)
-    logging.info("wrote %s", write_report(rows, out, searched=["analytic"], commands=[
-        "python experiments/biophysics.py   # this folder and ../compensation (resumes from the rows)"]))
-
+    logging.info("wrote %s", write_report(rows, out, searched=searched, commands=[
+        "python experiments/biophysics.py   # this folder and ../compensation (resumes from the rows)",
+        "python experiments/biophysics.py --models lenet5_mnist5k --samples 500 --trials 2 --engines analytic "
+        "--no-compensation   # LeNet-5 as run here"]))
+    if args.no_compensation:
+        return
     compensated = {kind: {**dict(kinds[kind]), "compensate": True} for kind in ("synaptic_tau", "leak")}
     out = args.out / "compensation"
     out.mkdir(parents=True, exist_ok=True)
-    rows = run_study(Study(models=["lenet5_mnist5k"], kinds=compensated, trials=1, breaking_points=["analytic"]),
-                     out / "rows.csv", workers=args.workers)
-    logging.info("wrote %s", write_report(rows, out, searched=["analytic"], commands=[
+    rows = run_study(Study(models=["lenet5_mnist5k"], kinds=compensated, trials=1, samples=args.samples,
+                           breaking_points=searched), out / "rows.csv", workers=args.workers)
+    logging.info("wrote %s", write_report(rows, out, searched=searched, commands=[
         "python experiments/biophysics.py   # ../biophysics and this folder (resumes from the rows)"]))
 
 
