@@ -50,8 +50,8 @@ def main() -> None:
         rows = run_study(study, out / "rows.csv", workers=args.workers)
     logging.info("wrote %s", write_report(rows, out, searched=searched, commands=[
         "python experiments/biophysics.py   # this folder and ../compensation (resumes from the rows)",
-        "python experiments/biophysics.py --models lenet5_mnist5k --samples 500 --trials 2 --engines analytic "
-        "--no-compensation   # LeNet-5 as run here"]))
+        "python experiments/biophysics.py --models lenet5_mnist5k --samples 500 --trials 2 --engines analytic"
+        "   # LeNet-5 as run here, and ../compensation"]))
     if args.no_compensation:
         return
     compensated = {kind: {**dict(kinds[kind]), "compensate": True} for kind in ("synaptic_tau", "leak")}
@@ -60,7 +60,9 @@ def main() -> None:
     rows = run_study(Study(models=["lenet5_mnist5k"], kinds=compensated, trials=1, samples=args.samples,
                            breaking_points=searched), out / "rows.csv", workers=args.workers)
     logging.info("wrote %s", write_report(rows, out, searched=searched, commands=[
-        "python experiments/biophysics.py   # ../biophysics and this folder (resumes from the rows)"]))
+        "python experiments/biophysics.py   # ../biophysics and this folder (resumes from the rows)",
+        "python experiments/biophysics.py --models lenet5_mnist5k --samples 500 --trials 2 --engines analytic"
+        "   # as run here"]))
 
 
 if __name__ == "__main__":
