@@ -77,8 +77,14 @@ done
 """
 
 
-def tag_of(model: str, variant: str) -> str:
-    return f"{model}_{variant}"
+def carry_of(folder: Path) -> Path:
+    """Where the relay records the run of the network in ``folder`` (``<work>/carry/<tag>``)."""
+    return folder.parent / "carry" / folder.name
+
+
+def fetched_of(folder: Path) -> Path:
+    """The result files that came back for the network in ``folder``."""
+    return folder / "fetched" / "results"
 
 
 # ---------------------------------------------------------------- the Brian2 side (Python 3.12 for brian2cuda)
@@ -89,8 +95,7 @@ def relay(folder: Path, argv: list[str]) -> int:
     fail, so that Brian2 reads no results. Replaying: check the command line, then put the results in DIR."""
     results_dir = Path(argv[argv.index("--results_dir") + 1])
     args = [a for i, a in enumerate(argv) if a != "--results_dir" and (i == 0 or argv[i - 1] != "--results_dir")]
-    carry = folder.parent / "carry" / folder.name
-    fetched = folder / "fetched" / "results"
+    carry, fetched = carry_of(folder), fetched_of(folder)
     if fetched.exists():
         recorded = (carry / "args").read_text().split()
         if recorded != args:
@@ -133,10 +138,10 @@ def simulate(folder: Path, mode: str) -> None:
     try:
         result = sim.run(x)
     except RuntimeError:
-        if mode == "record" and (folder.parent / "carry" / folder.name / "args").exists():
+        if mode == "record" and (carry_of(folder) / "args").exists():
             build = {"build_s": sim.build_s, "compile_s": sim.compile_s, "replicas": sim.replicas,
                      "rounds": sim.rounds, "period_ms": sim.period_ms(), "pipelined": sim.round_timing.pipelined,
-                     "synapses_per_sample": sim.synapses_per_sample, "neurons_per_sample": sim.neurons_per_sample,
+                     "synapses_per_sample": sim.synapses_per_sample,
                      "code_objects": len(list((folder / "project" / "code_objects").glob("*.c[up]*")))}
             (folder / "build.json").write_text(json.dumps(build, indent=1))
             return
@@ -144,9 +149,9 @@ def simulate(folder: Path, mode: str) -> None:
     if mode != "replay":
         raise RuntimeError("the binary ran here: the relay was not used")
     names = list(result.report["layer"])
-    np.savez(folder / "brian2.npz", logits=result.logits, **{f"t/{name}": result.spike_times[name] for name in names},
-             **{f"flag/{k}": v for k, v in result.reasons.items()})
-    (folder / "brian2.json").write_text(json.dumps({"layers": names, "replay_s": result.meta["run_s"]}))
+    np.savez(folder / "brian2.npz", logits=result.logits, flagged=result.flagged,
+             **{f"t/{name}": result.spike_times[name] for name in names})
+    (folder / "brian2.json").write_text(json.dumps({"layers": names}))
 
 
 # ---------------------------------------------------------------- orchestration (this environment, with torch)
@@ -193,7 +198,7 @@ def prepare(args: argparse.Namespace) -> None:
     carry = args.work / "carry"
     tags = []
     for name, variant, net, x, labels in networks(args):
-        tag = tag_of(name, variant)
+        tag = f"{name}_{variant}"
         folder = args.work / tag
         folder.mkdir(parents=True, exist_ok=True)
         net.save(folder / "net.npz")
@@ -240,10 +245,10 @@ def read(args: argparse.Namespace) -> None:
                 joined.write(part.read_bytes())
         with tarfile.open(archive) as tar:
             tar.extractall(folder / "fetched", filter="data")
-        runs = [line.split() for line in (folder / "fetched" / "results" / "wall_s").read_text().splitlines()]
+        runs = [line.split() for line in (fetched_of(folder) / "wall_s").read_text().splitlines()]
         if any(run[1] != "0" for run in runs):
             raise RuntimeError(f"{tag}: the binary failed on the GPU machine:\n"
-                               + (folder / "fetched" / "results" / "stdout.txt").read_text()[-3000:])
+                               + (fetched_of(folder) / "stdout.txt").read_text()[-3000:])
         in_brian_env(folder, "replay")
         config = json.loads((folder / "config.json").read_text())
         build = json.loads((folder / "build.json").read_text())
@@ -258,7 +263,7 @@ def read(args: argparse.Namespace) -> None:
         diff = ttfs_brian.compare(reference, brian)
         spikes = diff[diff["layer"] != "logits"]
         with np.load(folder / "brian2.npz") as f:
-            flagged = int(np.logical_or.reduce([f[k] for k in f.files if k.startswith("flag/")]).sum())
+            flagged = int(f["flagged"].sum())
         n = config["images"]
         walls = [float(run[3]) - float(run[2]) for run in runs]
         loops = [float(run[4]) for run in runs if len(run) > 4]
@@ -290,9 +295,9 @@ def read(args: argparse.Namespace) -> None:
 
 
 COLUMNS = ["model", "variant", "device", "dt", "images", "replicas", "rounds", "layout", "period_ms",
-           "synapses_per_sample", "code_objects", "generate_s", "compile_s", "repeats", "run_per_image_ms", "wall_per_image_ms",
-           "wall_s_max", "analytic_per_image_ms", "max_abs_dt_ms", "spikes_only_brian2", "spikes_only_analytic",
-           "logit_max_rel_err", "agreement_with_analytic", "accuracy", "flagged_samples", "gpu", "cpu"]
+           "synapses_per_sample", "code_objects", "generate_s", "compile_s", "repeats", "run_per_image_ms",
+           "wall_per_image_ms", "wall_s_max", "analytic_per_image_ms", "max_abs_dt_ms", "spikes_only_brian2",
+           "spikes_only_analytic", "logit_max_rel_err", "agreement_with_analytic", "accuracy", "flagged_samples", "gpu", "cpu"]
 KEY = ["model", "variant", "device", "dt", "images", "replicas", "gpu"]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from ttfs_brian.study import BIOPHYSICAL_KINDS, Study, run_study, write_report
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "robustness"
+AS_RUN = "python experiments/biophysics.py --models lenet5_mnist5k --samples 500 --trials 2 --engines analytic"
 
 
 def main() -> None:
@@ -39,19 +40,21 @@ def main() -> None:
 
     kinds = {kind: dict(spec) for kind, spec in BIOPHYSICAL_KINDS.items()}
     searched = [] if args.no_search else ["analytic"]
-    studies = [Study(models=[model], engines=args.engines if model == "lenet5_mnist5k" else ["analytic"], kinds=kinds,
-                     trials=args.trials, brian_trials=args.trials,
-                     samples=args.samples if model == "lenet5_mnist5k" else args.small_samples,
-                     breaking_points=searched if model == "lenet5_mnist5k" else [])
-               for model in args.models]
+
+    def study_of(model: str) -> Study:  # LeNet-5 in full (Brian2 twin, search); the larger models on fewer digits
+        if model == "lenet5_mnist5k":
+            return Study(models=[model], engines=args.engines, kinds=kinds, trials=args.trials,
+                         brian_trials=args.trials, samples=args.samples, breaking_points=searched)
+        return Study(models=[model], engines=["analytic"], kinds=kinds, trials=args.trials, samples=args.small_samples)
+
+    studies = [study_of(model) for model in args.models]
     out = args.out / "biophysics"
     out.mkdir(parents=True, exist_ok=True)
     for study in studies:
         rows = run_study(study, out / "rows.csv", workers=args.workers)
     logging.info("wrote %s", write_report(rows, out, searched=searched, commands=[
         "python experiments/biophysics.py   # this folder and ../compensation (resumes from the rows)",
-        "python experiments/biophysics.py --models lenet5_mnist5k --samples 500 --trials 2 --engines analytic"
-        "   # LeNet-5 as run here, and ../compensation"]))
+        AS_RUN + "   # LeNet-5 as run here, and ../compensation"]))
     if args.no_compensation:
         return
     compensated = {kind: {**dict(kinds[kind]), "compensate": True} for kind in ("synaptic_tau", "leak")}
@@ -61,8 +64,7 @@ def main() -> None:
                            breaking_points=searched), out / "rows.csv", workers=args.workers)
     logging.info("wrote %s", write_report(rows, out, searched=searched, commands=[
         "python experiments/biophysics.py   # ../biophysics and this folder (resumes from the rows)",
-        "python experiments/biophysics.py --models lenet5_mnist5k --samples 500 --trials 2 --engines analytic"
-        "   # as run here"]))
+        AS_RUN + "   # as run here"]))
 
 
 if __name__ == "__main__":
