@@ -236,7 +236,7 @@ class TimedRun:
                 unit = self._drawn("release", layer, k, proj, source)[post[:, None], _tap(sources)]
                 key = _t(release_key(self.release, self.indices[index[0].numpy()]))
                 real = real & (torch.remainder(unit + key[:, None], 1.0) >= self.release.level)
-            present = real & torch.isfinite(arrived)
+            present = real & (arrived < math.inf)  # not isfinite: 5x slower; never nan or -inf
             times.append(torch.where(present, arrived.clamp(min=params.t_on) - params.t_on, torch.inf))
             weights.append(torch.where(present, w, 0.0))
             decays.append(torch.where(present, self._conductance(layer, w, post), 0.0))
