@@ -3,12 +3,12 @@
 The grid of :data:`ttfs_brian.study.BIOPHYSICAL_KINDS` (exponential synaptic currents, conductance-based synapses,
 delay mismatch, release failures and the leak), both variants: LeNet-5 with the analytic engine on all 1,000 test
 digits and the breaking-point search, Brian2 (cpp_standalone, precise) on 20 digits for the kinds it twins;
-VGG-small and ResNet-8 with the analytic engine on their first ``--small-samples`` test digits (an event-by-event
-solve of every synapse is ~10x LeNet-5's cost per image). Then ``compensation/``: LeNet-5 under the same synaptic time
-constants and leaks with thresholds compensated (:mod:`ttfs_brian.compensation`), to set beside the uncompensated
-rows. Runs on a local Dask cluster and resumes from the rows.
+VGG-small and ResNet-8 with the analytic engine on their first ``--small-samples`` test digits, the grid only (an
+event-by-event solve of every synapse costs 0.2-1.8 s per image of these, 3-20x LeNet-5's). Then
+``compensation/``: LeNet-5 under the same synaptic time constants and leaks with thresholds compensated
+(:mod:`ttfs_brian.compensation`), to set beside the uncompensated rows. Runs on a local Dask cluster and resumes from the rows.
 
-    python experiments/biophysics.py [--workers 2] [--small-samples 300]
+    python experiments/biophysics.py [--workers 2] [--small-samples 200]
 """
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from ttfs_brian.study import BIOPHYSICAL_KINDS, Study, run_study, write_report
 
 RESULTS = Path(__file__).resolve().parent.parent / "results" / "robustness"
 AS_RUN = "python experiments/biophysics.py --models lenet5_mnist5k --samples 500 --trials 2 --engines analytic"
+AS_RUN_SMALL = ("python experiments/biophysics.py --models vgg_small_mnist5k resnet8_mnist5k --small-samples 200 "
+                "--trials 1 --engines analytic --no-compensation")
 
 
 def main() -> None:
@@ -30,7 +32,7 @@ def main() -> None:
     parser.add_argument("--engines", nargs="+", default=["analytic", "brian2"], choices=["analytic", "brian2"],
                         help="Brian2 twins LeNet-5 only")
     parser.add_argument("--samples", type=int, help="LeNet-5's test digits (default: all 1,000)")
-    parser.add_argument("--small-samples", type=int, default=300, help="test digits of VGG-small and ResNet-8")
+    parser.add_argument("--small-samples", type=int, default=200, help="test digits of VGG-small and ResNet-8")
     parser.add_argument("--no-search", action="store_true", help="the grid only, no breaking-point search")
     parser.add_argument("--no-compensation", action="store_true", help="skip the compensated LeNet-5 rows")
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -54,7 +56,8 @@ def main() -> None:
         rows = run_study(study, out / "rows.csv", workers=args.workers)
     logging.info("wrote %s", write_report(rows, out, searched=searched, commands=[
         "python experiments/biophysics.py   # this folder and ../compensation (resumes from the rows)",
-        AS_RUN + "   # LeNet-5 as run here, and ../compensation"]))
+        AS_RUN + "   # LeNet-5 as run here, and ../compensation",
+        AS_RUN_SMALL + "   # VGG-small and ResNet-8 as run here"]))
     if args.no_compensation:
         return
     compensated = {kind: {**dict(kinds[kind]), "compensate": True} for kind in ("synaptic_tau", "leak")}

@@ -12,6 +12,9 @@ Every solver takes, per neuron (row), the arrival times ``a_j`` of its inputs (m
 - :func:`exponential_first_crossing`: exponential synaptic currents, ``dv/dt = (alpha + sum_j w_j e^{-(t - a_j) /
   tau_s} H(t - a_j)) / tau_c``; no closed form: a bracketed, safeguarded Newton search on the first segment between
   arrivals that reaches ``theta`` (``v`` has at most one extremum per segment).
+
+The two curved solvers see a row's inputs as its distinct events (:func:`merged_events`): in an ``exact`` network
+most inputs arrive together, at their layer's ``t_max``.
 """
 from __future__ import annotations
 
@@ -213,9 +216,8 @@ def exponential_first_crossing(arrivals, weights, alpha, theta, end: float, tau_
 
     With the arrivals sorted, on the segment after ``a_k`` (times per ``tau_c``) ``v(t) = alpha t + tau_s C_k -
     tau_s I_k e^{-(t - a_k) / tau_s}``, ``C_k`` the summed weights and ``I_k`` the current just after ``a_k``
-    (``I_k = sum_{m <= k} w_m e^{-(a_k - a_m) / tau_s}``, from log-cumulative sums of its positive and negative
-    parts, so no exponential overflows). ``v' = alpha + I_k e^{-(t - a_k) / tau_s}`` is monotone there, so ``v`` has
-    at most one extremum per segment: the first segment whose maximum reaches ``theta`` holds the crossing, on a
+    (``I_k = sum_{m <= k} w_m e^{-(a_k - a_m) / tau_s}``, :func:`decayed_cumsum`: no exponential overflows).
+    ``v' = alpha + I_k e^{-(t - a_k) / tau_s}`` is monotone there, so ``v`` has at most one extremum per segment: the first segment whose maximum reaches ``theta`` holds the crossing, on a
     stretch where ``v`` rises; Newton from its concave (``I_k > 0``) or convex (``I_k < 0``) side converges
     monotonically, and every iterate is kept inside that stretch."""
     out = torch.empty(arrivals.shape[0], dtype=torch.float64)
