@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--samples", type=int, help="LeNet-5's test digits (default: all 1,000)")
     parser.add_argument("--small-samples", type=int, default=200, help="test digits of VGG-small and ResNet-8")
     parser.add_argument("--no-search", action="store_true", help="the grid only, no breaking-point search")
+    parser.add_argument("--search-small", action="store_true",
+                        help="the breaking-point search for VGG-small and ResNet-8 too (~10 rounds of their cells)")
     parser.add_argument("--no-compensation", action="store_true", help="skip the compensated LeNet-5 rows")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
@@ -47,7 +49,8 @@ def main() -> None:
         if model == "lenet5_mnist5k":
             return Study(models=[model], engines=args.engines, kinds=kinds, trials=args.trials,
                          brian_trials=args.trials, samples=args.samples, breaking_points=searched)
-        return Study(models=[model], engines=["analytic"], kinds=kinds, trials=args.trials, samples=args.small_samples)
+        return Study(models=[model], engines=["analytic"], kinds=kinds, trials=args.trials, samples=args.small_samples,
+                     breaking_points=searched if args.search_small else [])
 
     studies = [study_of(model) for model in args.models]
     out = args.out / "biophysics"

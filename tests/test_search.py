@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -72,3 +73,24 @@ def test_proposals_come_from_the_rows_alone():
     first, again = bracket("spike_jitter", "loss_1pct", rows), bracket("spike_jitter", "loss_1pct", rows.iloc[::-1])
     # 1 % at 0.005 ms, a grid level: the bracket is (0.001, 0.005] and its geometric mean comes next
     assert first == again and first.next == pytest.approx(math.sqrt(0.001 * 0.005), rel=1e-2)
+
+
+def test_the_losing_level_is_the_mildest_one_whatever_way_the_level_runs():
+    """A time constant does more damage the smaller it is, a jitter the larger: the level losing 1 % is the mildest
+    losing one either way (:func:`ttfs_brian.search.severity`), and the harshest level is the other end."""
+    from ttfs_brian.robustness import losing_levels
+
+    def level(kind, value, verdict, loss):
+        return dict(model="m", dataset="d", variant="exact", engine="analytic", kind=kind, level=value, verdict=verdict,
+                    samples=500, trials=1, nominal_accuracy=0.97, loss=loss, loss_ci95=0.01, level_rel_min=0.1,
+                    level_rel_max=0.2, samples_to_resolve=900 if verdict == "unresolved" else np.nan)
+
+    summary = pd.DataFrame([level("leak", 1000.0, "holds", 0.0), level("leak", 300.0, "unresolved", 0.01),
+                            level("leak", 100.0, "loses", 0.05), level("leak", 10.0, "loses", 0.9),
+                            level("spike_jitter", 0.4, "loses", 0.6), level("spike_jitter", 0.1, "loses", 0.02),
+                            level("spike_jitter", 0.05, "holds", 0.0)])
+    table = losing_levels(summary).set_index("kind")
+    assert table.loc["leak", "level_losing_1pct"] == 100.0 and table.loc["leak", "harshest_level_tested"] == 10.0
+    assert table.loc["leak", "unresolved_below"] == 1 and table.loc["leak", "samples_to_resolve_1pct"] == 900
+    assert table.loc["spike_jitter", "level_losing_1pct"] == 0.1
+    assert table.loc["spike_jitter", "harshest_level_tested"] == 0.4

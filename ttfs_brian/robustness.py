@@ -81,13 +81,16 @@ def aggregate(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def losing_levels(summary: pd.DataFrame) -> pd.DataFrame:
-    """Per (model, variant, engine, kind): the smallest level where a loss of at least 1 % is claimed (the mean
-    loss is >= 1 % and its interval excludes no loss), in its unit and relative to the windows; the levels below it
-    that the samples could not resolve; and the samples that resolving 1 % would take."""
+    """Per (model, variant, engine, kind): the mildest level (:func:`ttfs_brian.search.severity`: the largest time
+    constant, the smallest jitter) where a loss of at least 1 % is claimed (the mean loss is >= 1 % and its interval
+    excludes no loss), in its unit and relative to the windows; the milder levels that the samples could not
+    resolve; the samples that resolving 1 % would take; and the harshest level tested."""
+    from .search import severity
+
     rows = []
     for key, group in summary.groupby(["model", "dataset", "variant", "engine", "kind"]):
         model, dataset, variant, engine, kind = key
-        group = group.sort_values("level", key=lambda s: s.abs() if kind != "zeta" else -s)
+        group = group.sort_values("level", key=lambda s: s.map(lambda level: severity(kind, level)))
         lost = group[group["verdict"] == "loses"]
         first = lost.iloc[0] if len(lost) else None
         before = group if first is None else group.iloc[:list(group.index).index(first.name)]
@@ -101,7 +104,7 @@ def losing_levels(summary: pd.DataFrame) -> pd.DataFrame:
                      f"{first['level_rel_min']:.2g} .. {first['level_rel_max']:.2g}",
                      "unresolved_below": len(unresolved),
                      "samples_to_resolve_1pct": int(unresolved["samples_to_resolve"].max()) if len(unresolved) else None,
-                     "largest_level_tested": group["level"].abs().max() if kind != "zeta" else group["level"].min()})
+                     "harshest_level_tested": group["level"].iloc[-1]})
     return pd.DataFrame(rows)
 
 
@@ -367,11 +370,12 @@ def write_summary(rows: pd.DataFrame, out_dir: Path, commands: list[str],
                   f"(smallest .. largest). {len(found)} of {len(points)} targets closed.", "",
                   _markdown(table[keep]), ""]
     lines += [f"## Where each model loses {LOSS:.0%} accuracy", "",
-              "`level_losing_1pct`: the smallest level (ms for jitter; relative for mismatch; the margin for zeta) "
-              "that loses 1 % as defined above, with its loss (mean ± 95 % interval); `relative_to_windows`: that "
-              "level over each hidden layer's window (smallest .. largest); `unresolved_below`: the levels below "
-              "it whose samples could not tell; `samples_to_resolve_1pct`: the samples an unresolved level "
-              "would need.", "", _markdown(losing), "",
+              "`level_losing_1pct`: the mildest level (the smallest jitter or mismatch, the largest margin zeta or "
+              "time constant) that loses 1 % as defined above, with its loss (mean ± 95 % interval); "
+              "`relative_to_windows`: that level over each hidden layer's window (smallest .. largest); "
+              "`unresolved_below`: the milder levels whose samples could not tell; `samples_to_resolve_1pct`: the "
+              "samples an unresolved level would need; `harshest_level_tested`: the most damaging level run.", "",
+              _markdown(losing), "",
               *_twin_lines(rows, summary)]
     if commands:
         lines += ["## Commands", "", "```bash", *commands, "```", ""]

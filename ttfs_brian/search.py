@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+from .perturb import TIME_CONSTANTS
 
 FACTOR = 1.25
 """Bracket ratio (in severity) at which a target counts as found."""
@@ -28,6 +29,18 @@ STEP = 4.0
 MAX_ROUNDS = 40
 TARGETS = ("loss_1pct", "half_chance")
 LOSS = 0.01
+
+
+def severity(kind: str, level: float) -> float:
+    """A kind's level as a severity, larger for more damage: a smaller margin ``zeta``, time constant (leak,
+    ``synaptic_tau``) or bit count does more; for every other kind, a larger level."""
+    if kind == "zeta":
+        return 1.0 / (1.0 + level)
+    if kind in TIME_CONSTANTS:
+        return 1.0 / level
+    if kind in ("weight_bits", "time_bits"):
+        return 2.0 ** -level
+    return abs(level)
 
 
 @dataclass(frozen=True)
@@ -39,20 +52,14 @@ class Scale:
     high: float
 
     def severity(self, level: float) -> float:
-        if self.kind == "zeta":
-            return 1.0 / (1.0 + level)
-        if self.kind in ("leak", "synaptic_tau"):
-            return 1.0 / level
-        if self.kind in ("weight_bits", "time_bits"):
-            return 2.0 ** -level
-        return level
+        return severity(self.kind, level)
 
     def level(self, severity: float) -> float:
         """The level of a severity, rounded so that a rerun proposes the same key (3 significant digits; whole
         bits; zeta to 4 decimals)."""
         if self.kind == "zeta":
             return round(1.0 / severity - 1.0, 4)
-        if self.kind in ("leak", "synaptic_tau"):
+        if self.kind in TIME_CONSTANTS:
             return _significant(1.0 / severity)
         if self.kind in ("weight_bits", "time_bits"):
             return float(round(-math.log2(severity)))
