@@ -3,10 +3,11 @@
 The grid of :data:`ttfs_brian.study.BIOPHYSICAL_KINDS` (exponential synaptic currents, conductance-based synapses,
 delay mismatch, release failures and the leak), both variants: LeNet-5 with the analytic engine on all 1,000 test
 digits and the breaking-point search, Brian2 (cpp_standalone, precise) on 20 digits for the kinds it twins;
-VGG-small and ResNet-8 with the analytic engine on their first ``--small-samples`` test digits, the grid only (an
-event-by-event solve of every synapse costs 0.2-1.8 s per image of these, 3-20x LeNet-5's). Then
-``compensation/``: LeNet-5 under the same synaptic time constants and leaks with thresholds compensated
-(:mod:`ttfs_brian.compensation`), to set beside the uncompensated rows. Runs on a local Dask cluster and resumes from the rows.
+VGG-small and ResNet-8 with the analytic engine on their first ``--small-samples`` test digits, the grid only
+(``--search-small`` adds the search; an event-by-event solve of every synapse costs 0.2-1.8 s per image of these,
+3-20x LeNet-5's). Then ``compensation/``: LeNet-5 under the same synaptic time constants and leaks with thresholds
+compensated (:mod:`ttfs_brian.compensation`), to set beside the uncompensated rows. Runs on a local Dask cluster and
+resumes from the rows.
 
     python experiments/biophysics.py [--workers 2] [--small-samples 200]
 """
