@@ -117,8 +117,8 @@ def linear_first_crossing(arrivals, weights, decays, alpha, beta, late, stop, th
     step = max(1, CHUNK // max(1, arrivals.shape[1] + 3))
     for lo in range(0, arrivals.shape[0], step):
         sl = slice(lo, lo + step)
-        # an input arriving once the gate has closed changes nothing
-        for rows, times, (w, g) in merged_events(arrivals[sl], (weights[sl], decays[sl]), arrivals[sl] < stop[sl, None]):
+        after_gate = arrivals[sl] >= stop[sl, None]  # an input arriving once the gate has closed changes nothing
+        for rows, times, (w, g) in merged_events(arrivals[sl], (weights[sl], decays[sl]), ~after_gate):
             r = rows + lo
             starts, rates, invs = segments(times, w, g, alpha[r], beta[r], late[r], stop[r], late_decays[r])
             out[r] = _linear_chunk(starts, rates / tau_c, invs + inv_tau_m, theta[r], fire_from, end)
@@ -217,9 +217,10 @@ def exponential_first_crossing(arrivals, weights, alpha, theta, end: float, tau_
     With the arrivals sorted, on the segment after ``a_k`` (times per ``tau_c``) ``v(t) = alpha t + tau_s C_k -
     tau_s I_k e^{-(t - a_k) / tau_s}``, ``C_k`` the summed weights and ``I_k`` the current just after ``a_k``
     (``I_k = sum_{m <= k} w_m e^{-(a_k - a_m) / tau_s}``, :func:`decayed_cumsum`: no exponential overflows).
-    ``v' = alpha + I_k e^{-(t - a_k) / tau_s}`` is monotone there, so ``v`` has at most one extremum per segment: the first segment whose maximum reaches ``theta`` holds the crossing, on a
-    stretch where ``v`` rises; Newton from its concave (``I_k > 0``) or convex (``I_k < 0``) side converges
-    monotonically, and every iterate is kept inside that stretch."""
+    ``v' = alpha + I_k e^{-(t - a_k) / tau_s}`` is monotone there, so ``v`` has at most one extremum per segment: the
+    first segment whose maximum reaches ``theta`` holds the crossing, on a stretch where ``v`` rises; Newton from its
+    concave (``I_k > 0``) or convex (``I_k < 0``) side converges monotonically, and every iterate is kept inside that
+    stretch."""
     out = torch.empty(arrivals.shape[0], dtype=torch.float64)
     step = max(1, CHUNK // max(1, arrivals.shape[1] + 1))
     alpha = torch.as_tensor(alpha, dtype=torch.float64).expand(arrivals.shape[0])
@@ -294,8 +295,8 @@ def decayed_cumsum(w: torch.Tensor, grown: torch.Tensor, decayed: torch.Tensor) 
     ``grown_m <= decayed_k`` for ``m <= k``): the leaky sum behind every exponential relaxation here.
 
     Where the row's exponents stay below :data:`DIRECT_LIMIT`, one cumulative sum of ``w e^{grown}`` (absolute error
-    ``~eps sum |w|``, as in log space); elsewhere the positive and negative parts apart with ``logcumsumexp``, so that no
-    exponential overflows however strong the decay."""
+    ``~eps sum |w|``, as in log space); elsewhere the positive and negative parts apart with ``logcumsumexp``, so
+    that no exponential overflows however strong the decay."""
     direct = grown.abs().amax(dim=1) < DIRECT_LIMIT if grown.shape[1] else torch.ones(w.shape[0], dtype=torch.bool)
     if bool(direct.all()):
         return torch.cumsum(w * torch.exp(grown), dim=1) * torch.exp(-decayed)

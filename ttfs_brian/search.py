@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
+
 from .perturb import TIME_CONSTANTS
 
 FACTOR = 1.25
